@@ -1,0 +1,138 @@
+"""Codecs: a data-phase frame (a dict) to bytes and back, with limits checked first.
+
+Two codecs exist, named on the wire: ``json`` (the default, and always the handshake's) and
+``msgpack``. Both refuse a frame larger than their ``max_frame`` *before* decoding it, and turn
+every decoding failure into :class:`~wiremsg.errors.DecodeError`, so hostile bytes never raise
+anything else. JSON uses orjson when installed; its output is byte-for-byte what the standard
+library writes with ``separators=(",", ":")`` and ``ensure_ascii=False`` (tests check it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+import msgpack
+
+from wiremsg.errors import DecodeError, FrameTooLarge
+
+_orjson: Any
+try:  # orjson is an optional accelerator; the bytes are the same either way.
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised only where orjson is absent
+    _orjson = None
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+"""The default hard limit on one frame's size, in bytes (16 MiB)."""
+
+_FRAME_OVERHEAD = 64 * 1024
+"""Room allowed on top of a 16 MiB payload for the envelope around it."""
+
+
+class Codec(Protocol):
+    """What a codec offers. ``name`` is its wire name in ``hello.codecs``."""
+
+    name: str
+    max_frame: int
+
+    def encode(self, obj: dict[str, Any]) -> bytes:
+        """Return ``obj`` as bytes. Raises :class:`FrameTooLarge` if over ``max_frame``."""
+        ...
+
+    def decode(self, frame: bytes) -> Any:
+        """Return the decoded value. Raises :class:`FrameTooLarge` or :class:`DecodeError`."""
+        ...
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class JSONCodec:
+    """Compact UTF-8 JSON. NaN and Infinity are refused both ways.
+
+    :param max_frame: the largest frame accepted or produced, in bytes.
+    """
+
+    name = "json"
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME + _FRAME_OVERHEAD) -> None:
+        self.max_frame = max_frame
+        self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+    def encode(self, obj: dict[str, Any]) -> bytes:
+        """Encode ``obj``; raises :class:`FrameTooLarge` past ``max_frame``."""
+        if _orjson is not None:
+            data: bytes = _orjson.dumps(obj)
+        else:  # pragma: no cover
+            data = json.dumps(
+                obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        if len(data) > self.max_frame:
+            raise FrameTooLarge(len(data), self.max_frame)
+        return data
+
+    def decode(self, frame: bytes) -> Any:
+        """Decode one frame; raises :class:`FrameTooLarge` or :class:`DecodeError`."""
+        if len(frame) > self.max_frame:
+            raise FrameTooLarge(len(frame), self.max_frame)
+        try:
+            if _orjson is not None:
+                return _orjson.loads(frame)
+            return self._decoder.decode(bytes(frame).decode("utf-8"))  # pragma: no cover
+        except (ValueError, RecursionError, TypeError) as exc:
+            raise DecodeError(f"invalid JSON: {exc}") from None
+
+
+class MsgpackCodec:
+    """msgpack with ``use_bin_type=True``; decoding refuses ext types and non-str map keys,
+    and bounds every string, array and map by the frame limit.
+
+    :param max_frame: the largest frame accepted or produced, in bytes.
+    """
+
+    name = "msgpack"
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME + _FRAME_OVERHEAD) -> None:
+        self.max_frame = max_frame
+        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+
+    def encode(self, obj: dict[str, Any]) -> bytes:
+        """Encode ``obj``; raises :class:`FrameTooLarge` past ``max_frame``."""
+        data: bytes = self._packer.pack(obj)
+        if len(data) > self.max_frame:
+            raise FrameTooLarge(len(data), self.max_frame)
+        return data
+
+    def decode(self, frame: bytes) -> Any:
+        """Decode one frame; raises :class:`FrameTooLarge` or :class:`DecodeError`."""
+        size = len(frame)
+        if size > self.max_frame:
+            raise FrameTooLarge(size, self.max_frame)
+        try:
+            return msgpack.unpackb(
+                frame,
+                raw=False,
+                use_list=True,
+                strict_map_key=True,
+                max_buffer_size=self.max_frame,
+                max_str_len=size,
+                max_bin_len=size,
+                max_array_len=size,
+                max_map_len=size,
+                max_ext_len=0,
+            )
+        except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+            raise DecodeError(f"invalid msgpack: {exc}") from None
+
+
+CODECS: dict[str, type[JSONCodec] | type[MsgpackCodec]] = {
+    "json": JSONCodec,
+    "msgpack": MsgpackCodec,
+}
+"""Codecs by wire name, in the order a peer prefers them by default."""
+
+
+def get_codec(name: str, max_frame: int = DEFAULT_MAX_FRAME + _FRAME_OVERHEAD) -> Codec:
+    """Return a codec instance by wire name; raises :class:`KeyError` for an unknown name."""
+    return CODECS[name](max_frame)
