@@ -33,7 +33,7 @@ def _call(handler: Handler, args: tuple[Any, ...]) -> Deferred[Any]:
         if isinstance(result, Deferred):
             return result
         if inspect.isawaitable(result):
-            return ensureDeferred(result)
+            return ensureDeferred(result)  # type: ignore[arg-type]
         return result
 
     return maybeDeferred(run)
