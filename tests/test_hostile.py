@@ -172,7 +172,7 @@ def test_silent_link_times_out_in_the_handshake(
     assert not raw.closed
     settle(clock, 0.2)
     assert [f["code"] for f in raw.decoded()] == ["handshake_timeout"]
-    assert len(raw.closed) == 1
+    assert len(raw.closed) == 1 and master.refused == 1
     assert len([line for line in logged if "refused link" in line]) == 1
 
 
