@@ -43,8 +43,10 @@ async def _demo(reactor: Any, backend: str) -> int:
 
 def _react(work: Any) -> int:
     """Run ``work(reactor)`` (a coroutine function returning an exit code) to completion."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
     from twisted.internet.defer import Deferred
+
+    reactor: Any = _reactor
 
     outcome: list[Any] = []
 
