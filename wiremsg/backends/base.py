@@ -30,14 +30,18 @@ address's query parameters.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from wiremsg.address import Address
 from wiremsg.errors import FrameTooLarge, LinkClosed
+
+_log = Logger()
 
 MIN_MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024
 """Every backend must carry frames at least this large (16 MiB of payload plus envelope)."""
@@ -130,7 +134,7 @@ class BaseLink(Link):
         self.peer = peer
         self.max_frame = max_frame
         self._receiver: LinkReceiver | None = None
-        self._held: list[bytes] = []
+        self._held: deque[bytes] = deque()
         self._closing = False
         self._reason: CloseReason | None = None
         self._notified = False
@@ -145,6 +149,11 @@ class BaseLink(Link):
     @abstractmethod
     def _shutdown(self, reason: str) -> None:
         """Close the underlying channel; the backend later calls :meth:`_notify_closed`."""
+
+    def _abort(self, reason: str) -> None:
+        """Close the channel because our receiver failed; the peer should hear of it as an
+        unclean close. Defaults to :meth:`_shutdown`."""
+        self._shutdown(reason)
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -178,7 +187,7 @@ class BaseLink(Link):
 
     def when_closed(self) -> Deferred[CloseReason]:
         d: Deferred[CloseReason] = Deferred()
-        if self._notified and self._reason is not None:
+        if self._reason is not None and (self._notified or self._receiver is None):
             d.callback(self._reason)
         else:
             self._waiters.append(d)
@@ -194,7 +203,24 @@ class BaseLink(Link):
         if receiver is None or self._held:
             self._held.append(frame)
             return
-        receiver.frame_received(frame)
+        self._hand_over(receiver, frame)
+
+    def _hand_over(self, receiver: LinkReceiver, frame: bytes) -> bool:
+        """Give ``frame`` to ``receiver``; a receiver that raises closes the link uncleanly."""
+        try:
+            receiver.frame_received(frame)
+        except Exception as exc:
+            _log.failure("receiver of link to {peer} failed; closing it", peer=self.peer)
+            self._held.clear()
+            text = f"receiver failed: {exc!r}"
+            if self._reason is None:
+                self._reason = CloseReason(text, local=True, clean=False)
+            if not self._closing:
+                self._closing = True
+                self._abort(text)
+            self._finish_close()
+            return False
+        return True
 
     def _notify_closed(self, reason: CloseReason) -> None:
         """Record that the channel is gone; the receiver hears of it exactly once."""
@@ -203,14 +229,18 @@ class BaseLink(Link):
         if self._closing and not reason.local:
             reason = CloseReason(reason.text, local=True, clean=reason.clean)
         self._reason = reason
-        if self._receiver is not None and not self._held:
+        if self._receiver is None:
+            self._fire_waiters()  # nobody attached: the close is still told on attach
+        elif not self._held:
             self._finish_close()
 
     def _flush_held(self) -> None:
         receiver = self._receiver
         assert receiver is not None
-        while self._held:
-            receiver.frame_received(self._held.pop(0))
+        held = self._held
+        while held:
+            if not self._hand_over(receiver, held.popleft()):
+                return
         if self._reason is not None:
             self._finish_close()
 
@@ -220,7 +250,14 @@ class BaseLink(Link):
         self._notified = True
         reason = self._reason
         assert reason is not None and self._receiver is not None
-        self._receiver.link_closed(reason)
+        try:
+            self._receiver.link_closed(reason)
+        finally:
+            self._fire_waiters()
+
+    def _fire_waiters(self) -> None:
+        reason = self._reason
+        assert reason is not None
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(reason)
