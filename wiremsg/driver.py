@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from wiremsg.backends.base import CloseReason, Link
 from wiremsg.errors import LinkClosed, WiremsgError
-from wiremsg.events import DropLink, Event, ReplyReceived, RequestFailed
+from wiremsg.events import DropLink, Event, ReplyReceived, RequestFailed, SendFailed
 from wiremsg.message import JSON, Message
 from wiremsg.session import Session
 
@@ -186,6 +186,14 @@ class SessionDriver:
         else:
             if type(event) is DropLink:
                 self._drop_current(f"{event.code}: {event.reason}")
+            elif type(event) is SendFailed:
+                log.error(
+                    "dropped message {id} ({kind}) to {peer}: {reason}",
+                    id=event.message.id,
+                    kind=event.message.kind,
+                    peer=self.peer,
+                    reason=event.reason,
+                )
             try:
                 self.on_event(self, event)
             except Exception:

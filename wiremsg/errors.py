@@ -62,9 +62,11 @@ class ProtocolError(WiremsgError):
     ``heartbeat_timeout``, ``flood``.
     """
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, detail: str | None = None) -> None:
         self.code = code
         self.reason = reason
+        self.detail = detail or reason
+        """What the local log says; ``reason`` is what goes on the wire (it may say less)."""
         super().__init__(f"{code}: {reason}")
 
 

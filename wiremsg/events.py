@@ -68,10 +68,20 @@ class ReplyReceived:
 @dataclass(frozen=True)
 class RequestFailed:
     """One of our requests ended without a reply: ``error`` is a :class:`RemoteError`,
-    :class:`Timeout` or :class:`LinkLost`."""
+    :class:`Timeout`, :class:`LinkLost` or (see :class:`SendFailed`) :class:`MessageError`."""
 
     request_id: str
     error: WiremsgError
+
+
+@dataclass(frozen=True)
+class SendFailed:
+    """A message queued behind the window turned out too large to encode when its turn came;
+    it was dropped (a request also gets :class:`RequestFailed`). Sends that fail at once raise
+    :class:`~wiremsg.errors.MessageError` instead."""
+
+    message: Message
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,7 @@ Event = (
     | MessageReceived
     | ReplyReceived
     | RequestFailed
+    | SendFailed
     | Paused
     | Resumed
     | GoodbyeReceived

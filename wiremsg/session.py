@@ -71,6 +71,7 @@ from wiremsg.events import (
     RequestFailed,
     Resumed,
     ResumeRequest,
+    SendFailed,
     SessionStats,
 )
 from wiremsg.message import JSON, Message, validate_body, validate_kind
@@ -538,17 +539,20 @@ class Session:
     def _on_auth(self, frame: dict[str, Any], size: int) -> None:
         assert self._credentials is not None
         secret = self._credentials(self._hs.worker)
-        if secret is None:
-            # Same answer as a wrong secret: do not tell strangers which names exist.
-            raise ProtocolError(
-                wire.AUTH_FAILED, f"authentication failed (unknown worker {self._hs.worker!r})"
-            )
         expected = auth.worker_proof(
-            secret, self._hs.worker, self._hs.worker_nonce, self._hs.master_nonce
+            b"" if secret is None else secret,
+            self._hs.worker,
+            self._hs.worker_nonce,
+            self._hs.master_nonce,
         )
-        if not auth.proofs_match(expected, frame["proof"]):
+        if not auth.proofs_match(expected, frame["proof"]) or secret is None:
+            # An unknown worker gets the same answer as a wrong secret, after the same work:
+            # do not tell strangers which names exist.
+            why = "unknown worker" if secret is None else "wrong proof"
             raise ProtocolError(
-                wire.AUTH_FAILED, f"authentication failed (wrong proof from {self._hs.worker!r})"
+                wire.AUTH_FAILED,
+                f"authentication failed for worker {self._hs.worker!r}",
+                detail=f"authentication failed for worker {self._hs.worker!r} ({why})",
             )
         self._secret = secret
         self.name = self._hs.worker
@@ -609,8 +613,9 @@ class Session:
         if msg.reply_to is None:
             self._events.append(MessageReceived(msg, frame.get("request", False)))
             return
-        if self._requests.pop(msg.reply_to, 0) == 0:
+        if msg.reply_to not in self._requests:
             return  # a late reply to a request that timed out or was cancelled
+        del self._requests[msg.reply_to]
         error = frame.get("error")
         if error is not None:
             self._events.append(
@@ -726,6 +731,10 @@ class Session:
             estimate = 2
         else:
             estimate = validate_body(body)
+            if estimate > self.max_frame:
+                raise MessageError(
+                    "body", f"about {estimate} bytes: over the frame limit of {self.max_frame}"
+                )
         if self._pending and (
             len(self._pending) >= self.max_pending or self._pending_bytes >= self.max_pending_bytes
         ):
@@ -745,9 +754,9 @@ class Session:
         return msg
 
     def _send_now(self, out: _Outgoing) -> None:
-        self._out_seq += 1
-        out.seq = self._out_seq
-        out.size = self._emit_msg(out)
+        out.seq = self._out_seq + 1
+        out.size = self._emit_msg(out)  # may raise MessageError: then no seq is used up
+        self._out_seq = out.seq
         self._outbox.append(out)
         self._window.sent(out.size)
         self.stats.messages_sent += 1
@@ -777,7 +786,13 @@ class Session:
         while self._pending and self.state is State.OPEN and self._window.fits(0):
             out = self._pending.popleft()
             self._pending_bytes -= out.size
-            self._send_now(out)
+            try:
+                self._send_now(out)
+            except MessageError as exc:  # too large once encoded: it can never be sent
+                if out.request:
+                    self._requests.pop(out.message.id, None)
+                    self._events.append(RequestFailed(out.message.id, exc))
+                self._events.append(SendFailed(out.message, str(exc)))
         if not self._pending and not self._window.full:
             self._set_paused(False)
 
@@ -839,7 +854,7 @@ class Session:
             else:
                 self._emit_data({"type": "error", "code": exc.code, "reason": exc.reason})
             self._events.append(DropLink(exc.code, exc.reason))
-            self._close(exc.code, exc.reason)
+            self._close(exc.code, exc.detail)
             return
         if self.state is State.OPEN:
             self._emit_data({"type": "error", "code": exc.code, "reason": exc.reason})
