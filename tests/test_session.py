@@ -1832,3 +1832,23 @@ def test_the_master_knows_why_auth_failed_but_the_wire_does_not_say(
     assert len(closed) == 1 and why in closed[0].reason
     rejects = [e for e in pair.worker_events if isinstance(e, Rejected)]
     assert len(rejects) == 1 and why not in rejects[0].reason
+
+
+def test_an_empty_secret_from_the_credentials_is_refused_cleanly() -> None:
+    pair = SessionPair("w1", "", credentials={"w1": ""}.get)
+    closed = [e for e in pair.master_events if isinstance(e, Closed)]
+    assert [c.code for c in closed] == ["auth_failed"]
+    assert [e.code for e in pair.worker_events if isinstance(e, Rejected)] == ["auth_failed"]
+
+
+def test_a_rejected_worker_forgets_its_resume_token() -> None:
+    clock = Clock()
+    w = make_worker(clock)
+    w.session_id, w._token = "old-session", "old-token"
+    w.connection_made()
+    hello = decode(w.take_frames()[0])
+    assert hello["resume"]["session"] == "old-session"
+    w.frame_received(json.dumps({"type": "reject", "code": "duplicate", "reason": "x"}).encode())
+    assert w.state is State.DETACHED
+    w.connection_made()
+    assert decode(w.take_frames()[0])["resume"] is None

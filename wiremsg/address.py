@@ -109,7 +109,8 @@ class Address:
         query = "&".join(
             f"{quote(k, safe='')}={quote(v, safe='/:@')}" for k, v in self.params.items()
         )
-        return f"{self.scheme}://{auth}{netloc}{self.path}" + (f"?{query}" if query else "")
+        path = quote(self.path, safe="/:@!$&'()*+,;=")  # parse_address unquotes it
+        return f"{self.scheme}://{auth}{netloc}{path}" + (f"?{query}" if query else "")
 
 
 def parse_address(url: str | Address) -> Address:
@@ -143,6 +144,8 @@ def parse_address(url: str | Address) -> Address:
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     kind = _KINDS.get(scheme, _TCP)
+    if kind != _TCP and "via" in params:
+        raise AddressError("via", url, "a tunnel goes only under a TCP address (host:port)")
     host = parts.hostname or ""
     path = unquote(parts.path)
 
@@ -166,11 +169,11 @@ def parse_address(url: str | Address) -> Address:
         port = _DEFAULT_PORTS.get(scheme)
         if port is None:
             raise AddressError("port", url, "missing port (use :0 to let the system choose)")
-    if scheme not in ("amqp", "amqps") and path not in ("", "/"):
-        raise AddressError("path", url, f"{scheme} addresses take no path")
     if scheme in ("amqp", "amqps"):
         path = path or "/"
-    else:
+    elif scheme in _KINDS or scheme == "ssh":  # a third-party scheme keeps its path
+        if path not in ("", "/"):
+            raise AddressError("path", url, f"{scheme} addresses take no path")
         path = ""
     via = params.get("via")
     if via is not None:

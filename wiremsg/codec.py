@@ -10,6 +10,7 @@ library writes with ``separators=(",", ":")`` and ``ensure_ascii=False`` (tests 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Protocol
 
 import msgpack
@@ -48,8 +49,31 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: orjson refuses it too
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _stdlib_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _str_keys(obj: dict[Any, Any]) -> dict[Any, Any]:
+    for key in obj:
+        if type(key) is not str:
+            raise ValueError(f"map key {key!r} is not a str")
+    return obj
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"ext type {code} is not allowed")
+
+
 class JSONCodec:
-    """Compact UTF-8 JSON. NaN and Infinity are refused both ways.
+    """Compact UTF-8 JSON. NaN and Infinity are refused when decoding; encoding expects data
+    already checked by :func:`~wiremsg.message.validate_body` (orjson would write them as null).
 
     :param max_frame: the largest frame accepted or produced, in bytes.
     """
@@ -58,16 +82,19 @@ class JSONCodec:
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME + _FRAME_OVERHEAD) -> None:
         self.max_frame = max_frame
-        self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
+        self._decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
 
     def encode(self, obj: dict[str, Any]) -> bytes:
         """Encode ``obj``; raises :class:`FrameTooLarge` past ``max_frame``."""
         if _orjson is not None:
             data: bytes = _orjson.dumps(obj)
+            # orjson writes a float below 1e-4 unlike the standard library (0.00001 and 1.5e-7
+            # where it writes 1e-05 and 1.5e-07); such output always contains one of these, and
+            # only then is the standard library asked for the canonical bytes.
+            if b"e-" in data or b"0.0000" in data:
+                data = _stdlib_dumps(obj)
         else:  # pragma: no cover
-            data = json.dumps(
-                obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            ).encode()
+            data = _stdlib_dumps(obj)
         if len(data) > self.max_frame:
             raise FrameTooLarge(len(data), self.max_frame)
         return data
@@ -115,7 +142,8 @@ class MsgpackCodec:
                 raw=False,
                 use_list=True,
                 strict_map_key=True,
-                max_buffer_size=self.max_frame,
+                object_hook=_str_keys,
+                ext_hook=_refuse_ext,
                 max_str_len=size,
                 max_bin_len=size,
                 max_array_len=size,

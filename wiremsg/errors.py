@@ -57,9 +57,10 @@ class MessageError(WiremsgError, ValueError):
 class ProtocolError(WiremsgError):
     """The peer broke the protocol (remote). ``code`` is the wire error code.
 
-    Codes are listed in docs/PROTOCOL.md: ``bad_frame``, ``too_large``, ``unexpected``,
-    ``version``, ``codec``, ``auth_failed``, ``unknown_worker``, ``duplicate``,
-    ``heartbeat_timeout``, ``flood``.
+    Codes are listed in docs/PROTOCOL.md and :mod:`wiremsg.wire`: ``bad_frame``,
+    ``too_large``, ``unexpected``, ``version``, ``codec``, ``auth_failed``, ``duplicate``,
+    ``handshake_timeout``, ``heartbeat_timeout``, ``shutdown`` (and, in error replies,
+    ``handler_error`` and ``no_handler``).
     """
 
     def __init__(self, code: str, reason: str, detail: str | None = None) -> None:

@@ -40,6 +40,8 @@ def validate_kind(kind: object) -> str:
         raise MessageError("kind", "must not be empty")
     if len(kind) > MAX_KIND_LENGTH:
         raise MessageError("kind", f"longer than {MAX_KIND_LENGTH} characters")
+    if not kind.isascii():
+        _check_utf8(kind, "kind")
     return kind
 
 
@@ -51,10 +53,22 @@ def validate_body(body: object, path: str = "body") -> int:
     return _check(body, path, 0)
 
 
+def _check_utf8(value: str, path: str) -> None:
+    # A str holding a lone surrogate (e.g. from os.fsdecode) has no UTF-8 form: no codec
+    # could send it.
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start : exc.end]
+        raise MessageError(path, f"{bad!r} (a lone surrogate) is not encodable as UTF-8") from None
+
+
 def _check(value: object, path: str, depth: int) -> int:
     # Exact type checks first: they are the common, cheap case.
     t = type(value)
     if t is str:
+        if not value.isascii():  # type: ignore[attr-defined]
+            _check_utf8(value, path)  # type: ignore[arg-type]
         return len(value) + 2  # type: ignore[arg-type]
     if value is None or t is bool:
         return 5
@@ -73,6 +87,8 @@ def _check(value: object, path: str, depth: int) -> int:
         for key, item in value.items():  # type: ignore[attr-defined]
             if type(key) is not str:
                 raise MessageError(path, f"key {key!r} is not a str")
+            if not key.isascii():
+                _check_utf8(key, path)
             size += len(key) + 4 + _check(item, f"{path}.{key}", depth + 1)
         return size
     if t is list or t is tuple:

@@ -538,7 +538,7 @@ class Session:
 
     def _on_auth(self, frame: dict[str, Any], size: int) -> None:
         assert self._credentials is not None
-        secret = self._credentials(self._hs.worker)
+        secret = self._credentials(self._hs.worker) or None  # an empty secret proves nothing
         expected = auth.worker_proof(
             b"" if secret is None else secret,
             self._hs.worker,
@@ -592,6 +592,7 @@ class Session:
     def _on_reject(self, frame: dict[str, Any], size: int) -> None:
         self._events.append(Rejected(frame["code"], frame["reason"]))
         self._events.append(DropLink(frame["code"], frame["reason"]))
+        self._forget_session()  # whatever was refused, do not offer the same resume again
         self._detach(f"rejected: {frame['code']}: {frame['reason']}")
 
     def _on_msg(self, frame: dict[str, Any], size: int) -> None:

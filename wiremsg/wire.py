@@ -11,6 +11,8 @@ network and either return it (now known to have the right shape) or raise
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from wiremsg.errors import ProtocolError
@@ -48,10 +50,20 @@ HANDLER_ERROR = "handler_error"
 NO_HANDLER = "no_handler"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_INF = float("inf")
 
 
 def _bad(field: str, problem: str) -> ProtocolError:
     return ProtocolError(BAD_FRAME, f"{field}: {problem}")
+
+
+@contextmanager
+def _inside(parent: str) -> Iterator[None]:
+    """Name a nested map's bad field by its full path (``resume.token``, ``error.code``)."""
+    try:
+        yield
+    except ProtocolError as exc:
+        raise ProtocolError(exc.code, f"{parent}.{exc.reason}") from None
 
 
 def frame_type(frame: object) -> str:
@@ -86,8 +98,9 @@ def _int(frame: dict[str, Any], field: str) -> None:
 
 def _num(frame: dict[str, Any], field: str) -> None:
     value = frame.get(field)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise _bad(field, "missing or not a non-negative number")
+    # ``not 0 <= value < inf`` also refuses NaN and infinity (msgpack can carry both).
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < _INF:
+        raise _bad(field, "missing or not a finite non-negative number")
 
 
 def _nonce(frame: dict[str, Any], field: str) -> None:
@@ -120,9 +133,10 @@ def check_hello(frame: dict[str, Any]) -> dict[str, Any]:
     if resume is not None:
         if type(resume) is not dict:
             raise _bad("resume", "must be a map or null")
-        _str(resume, "session", MAX_ID_LENGTH)
-        _str(resume, "token", MAX_ID_LENGTH)
-        _int(resume, "ack")
+        with _inside("resume"):
+            _str(resume, "session", MAX_ID_LENGTH)
+            _str(resume, "token", MAX_ID_LENGTH)
+            _int(resume, "ack")
     return frame
 
 
@@ -178,7 +192,8 @@ def check_msg(frame: dict[str, Any]) -> dict[str, Any]:
     if error is not None:
         if type(error) is not dict:
             raise _bad("error", "must be a map")
-        check_reject(error)
+        with _inside("error"):
+            check_reject(error)
         if frame.get("reply_to") is None:
             raise _bad("error", "only a reply may carry an error")
     return frame
