@@ -1489,7 +1489,7 @@ def test_take_over_refuses_a_resume_acknowledging_unsent_messages() -> None:
     (authenticated,) = new.take_events()
     assert isinstance(authenticated, Authenticated) and authenticated.resume is not None
     assert old.resume_matches(authenticated.resume, authenticated.worker)
-    old.take_over(new)
+    assert old.take_over(new) is False
     reason = "resume acknowledges messages never sent"
     assert frames(new) == [{"type": "reject", "code": "bad_frame", "reason": reason}]
     assert new.take_events() == [DropLink("bad_frame", reason), Closed("bad_frame", reason)]

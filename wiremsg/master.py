@@ -355,11 +355,8 @@ class Master:
         if existing is not None:
             old = existing._driver
             if event.resume is not None and old.session.resume_matches(event.resume, name):
-                old.session.take_over(session)
-                refused = session.take_frames()
-                if refused:  # the resume request was inconsistent: send the reject
-                    self._send_raw(driver, refused)
-                    driver.flush()
+                if not old.session.take_over(session):
+                    driver.flush()  # refused: the reject goes out on the new link
                     return
                 del self._handshaking[driver]
                 old.adopt(driver)
@@ -377,13 +374,6 @@ class Master:
         peer = Peer(driver, self._handshaking.pop(driver))
         self._peers[name] = peer
         self._by_driver[driver] = peer
-
-    @staticmethod
-    def _send_raw(driver: SessionDriver, frames: list[bytes]) -> None:
-        link = driver.link
-        if link is not None:
-            for frame in frames:
-                link.send(frame)
 
     def _attached(self, driver: SessionDriver, event: Attached) -> None:
         peer = self._by_driver[driver]

@@ -408,12 +408,16 @@ class Session:
         self._token = self._random(16).hex()
         self._welcome(resumed=False)
 
-    def take_over(self, other: Session) -> None:
+    def take_over(self, other: Session) -> bool:
         """Master: resume this (older) session on ``other``'s freshly authenticated link.
 
         The caller has checked that ``other`` asked to resume this session
         (:meth:`resume_matches`). If this session still had a link, it was stale: the driver
         closes it. Sends ``welcome`` with ``resumed`` and retransmits what the worker lacks.
+
+        :returns: True if resumed; False if the request acknowledged messages this session
+            never sent, in which case ``other`` refused it (``bad_frame``) and this session is
+            unchanged.
         """
         self._require(Role.MASTER, State.OPEN, State.DETACHED)
         other._require(Role.MASTER, State.AUTHENTICATED)
@@ -421,7 +425,7 @@ class Session:
         assert resume is not None
         if resume.ack > self._out_seq:
             other.refuse(wire.BAD_FRAME, "resume acknowledges messages never sent")
-            return
+            return False
         self._hs = other._hs
         self._codec = self._handshake_codec
         self.state = State.DETACHED  # the stale link (if any) carries nothing more
@@ -430,6 +434,7 @@ class Session:
         self.stats.resumes += 1
         self._handle_ack(resume.ack)
         self._welcome(resumed=True)
+        return True
 
     def resume_matches(self, request: ResumeRequest, worker: str) -> bool:
         """Master: True if ``request`` (from ``worker``) may resume this session."""
