@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 
 from wiremsg import wire
 from wiremsg.address import Address, parse_address
-from wiremsg.backends import backend_class
-from wiremsg.backends.base import Backend, Link, Listener
+from wiremsg.backends import BackendPool
+from wiremsg.backends.base import Link, Listener
 from wiremsg.driver import SessionDriver
 from wiremsg.errors import LinkLost, NotAttached, Timeout
 from wiremsg.events import (
@@ -166,7 +166,7 @@ class Master:
         self._options.update(heartbeat=heartbeat, grace=grace, random=random)
         self.max_handshakes = max_handshakes
         self._handlers = Handlers("master")
-        self._backends: dict[str, Backend] = {}
+        self._backends = BackendPool(self.reactor)
         self._listeners: list[Listener] = []
         self._handshaking: dict[SessionDriver, str] = {}
         self._peers: dict[str, Peer] = {}
@@ -201,7 +201,7 @@ class Master:
         :raises BackendNotFound, BackendUnavailable: (synchronously) no usable backend.
         """
         addr = parse_address(address)
-        backend = self._backend(addr.scheme)
+        backend = self._backends.get(addr.scheme)
         d = backend.listen(addr, lambda link: self._on_link(link, addr.scheme))
 
         def keep(listener: Listener) -> Listener:
@@ -295,13 +295,6 @@ class Master:
             await gatherResults(closing, consumeErrors=True)
 
     # -- links and handshakes ------------------------------------------------------------------
-
-    def _backend(self, scheme: str) -> Backend:
-        name = scheme.split("+", 1)[0]
-        backend = self._backends.get(name)
-        if backend is None:
-            backend = self._backends[name] = backend_class(scheme)(self.reactor)
-        return backend
 
     def _on_link(self, link: Link, scheme: str) -> None:
         if self._stopping:

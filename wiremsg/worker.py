@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wiremsg import wire
-from wiremsg.backends import backend_class
-from wiremsg.backends.base import Backend, Link
+from wiremsg.backends import BackendPool
+from wiremsg.backends.base import Link
 from wiremsg.backoff import Failover
 from wiremsg.driver import SessionDriver
 from wiremsg.errors import AuthError, LinkLost, WiremsgError
@@ -117,7 +117,7 @@ class Worker:
         )
         self._driver = SessionDriver(self.session, self.reactor, self._on_event)
         self._handlers = Handlers(f"worker {name}")
-        self._backends: dict[str, Backend] = {}
+        self._backends = BackendPool(self.reactor)
         self._running = False
         self._started: Deferred[None] | None = None
         self._retry: DelayedCall | None = None
@@ -236,13 +236,6 @@ class Worker:
 
     # -- connecting ---------------------------------------------------------------------------
 
-    def _backend(self, scheme: str) -> Backend:
-        name = scheme.split("+", 1)[0]
-        backend = self._backends.get(name)
-        if backend is None:
-            backend = self._backends[name] = backend_class(scheme)(self.reactor)
-        return backend
-
     def _attempt(self) -> None:
         from wiremsg.address import parse_address
 
@@ -253,7 +246,7 @@ class Worker:
         self.attempts += 1
         try:
             address = parse_address(target)
-            backend = self._backend(address.scheme)
+            backend = self._backends.get(address.scheme)
         except WiremsgError as exc:
             self._fatal(exc)
             return

@@ -130,3 +130,18 @@ def test_backend_for_bad_address_and_unknown_scheme() -> None:
         registry.backend_for("memory:/nope", Clock())
     with pytest.raises(BackendNotFound):
         registry.backend_for("pigeon://host:1", Clock())
+
+
+def test_backend_pool_makes_one_instance_per_backend_name() -> None:
+    from twisted.internet.task import Clock
+
+    from wiremsg.backends import BackendPool
+    from wiremsg.backends.memory import MemoryBackend
+
+    clock = Clock()
+    pool = BackendPool(clock)
+    first = pool.get("memory")
+    assert isinstance(first, MemoryBackend) and first.reactor is clock
+    assert pool.get("MEMORY") is first
+    with pytest.raises(BackendNotFound):
+        pool.get("carrier-pigeon")

@@ -84,3 +84,26 @@ def backend_for(address: str | Address, reactor: Any) -> tuple[Backend, Address]
     """Parse ``address`` and return a backend instance for it, with the parsed address."""
     addr = parse_address(address)
     return backend_class(addr.scheme)(reactor), addr
+
+
+class BackendPool:
+    """One backend instance per backend name, made on first use, for one reactor.
+
+    :param reactor: what every backend made here runs on.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._backends: dict[str, Backend] = {}
+
+    def get(self, scheme: str) -> Backend:
+        """The backend serving ``scheme`` (``amp+tls`` shares ``amp``'s instance).
+
+        :raises BackendNotFound, BackendUnavailable: as :func:`backend_class`.
+        """
+        name = scheme.split("+", 1)[0].lower()
+        name = _ALIASES.get(name, name)
+        backend = self._backends.get(name)
+        if backend is None:
+            backend = self._backends[name] = backend_class(scheme)(self.reactor)
+        return backend
