@@ -493,3 +493,13 @@ def test_bad_worker_configuration() -> None:
         Worker("w1", "s", ["memory://m"], reactor=clock, policy="sometimes")
     with pytest.raises(ValueError):
         Master({"w1": ""}, reactor=clock)
+
+
+def test_worker_entries_with_tags_add_to_the_declared_tags(fleet: Fleet) -> None:
+    from wiremsg.config import WorkerEntry
+
+    m = Master({"w1": WorkerEntry("w1", "s1", ("gpu", "linux"))}, reactor=fleet.clock)
+    fleet.masters.append(m)
+    result(m.listen("memory://tagged"))
+    fleet.start(fleet.worker("w1", "s1", ["memory://tagged"], tags=["linux"]))
+    assert m.workers["w1"].tags == ("linux", "gpu")

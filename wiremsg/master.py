@@ -75,6 +75,7 @@ class Peer:
         """Reactor time of the latest attach."""
         self.paused = False
         """True while messages to this worker queue behind the send window."""
+        self._lost_waiters: list[Deferred[Peer]] = []
 
     @property
     def address(self) -> str:
@@ -107,6 +108,22 @@ class Peer:
         :class:`~wiremsg.errors.LinkLost`."""
         return self._driver.request(kind, body, timeout)
 
+    def when_lost(self) -> Deferred[Peer]:
+        """Fires with this peer once it is *lost* (grace ran out, it left, or the master
+        stopped); at once if it already is. Never errbacks."""
+        d: Deferred[Peer] = Deferred(lambda d: self._lost_waiters.remove(d))
+        if self.state == "lost":
+            d.callback(self)
+        else:
+            self._lost_waiters.append(d)
+        return d
+
+    def _mark_lost(self) -> None:
+        self.state = "lost"
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for d in waiters:
+            d.callback(self)
+
     def status(self) -> dict[str, Any]:
         """This worker's state and counters as a JSON-compatible dict."""
         s = self.stats
@@ -135,7 +152,9 @@ class Peer:
 class Master:
     """A build master's side of wiremsg.
 
-    :param workers: worker name → shared secret (str or bytes, non-empty).
+    :param workers: worker name → shared secret (str or bytes, non-empty), or an object with
+        ``secret`` and ``tags`` attributes (such as :class:`~wiremsg.config.WorkerEntry`); its
+        tags are added to those the worker declares.
     :param reactor: the reactor to run on (default: the global one, imported lazily).
     :param heartbeat: seconds between heartbeats; told to every worker in ``welcome``.
     :param grace: seconds a detached worker may take to resume before it is lost.
@@ -148,7 +167,7 @@ class Master:
 
     def __init__(
         self,
-        workers: Mapping[str, str | bytes],
+        workers: Mapping[str, Any],
         *,
         reactor: Any = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
@@ -157,11 +176,15 @@ class Master:
         random: Any = os.urandom,
         session_options: Mapping[str, Any] | None = None,
     ) -> None:
-        for name, secret in workers.items():
-            if not name or not secret:
+        self._secrets: dict[str, str | bytes] = {}
+        self._tags: dict[str, tuple[str, ...]] = {}
+        for name, entry in workers.items():
+            secret = entry if isinstance(entry, str | bytes) else getattr(entry, "secret", None)
+            if not name or not secret or not isinstance(secret, str | bytes):
                 raise ValueError(f"worker {name!r} needs a non-empty name and secret")
+            self._secrets[name] = secret
+            self._tags[name] = tuple(getattr(entry, "tags", ()))
         self.reactor = reactor if reactor is not None else _default_reactor()
-        self._secrets = dict(workers)
         self._options = dict(session_options or {})
         self._options.update(heartbeat=heartbeat, grace=grace, random=random)
         self.max_handshakes = max_handshakes
@@ -365,6 +388,7 @@ class Master:
             old.flush()
         session.accept()
         peer = Peer(driver, self._handshaking.pop(driver))
+        peer.tags = tuple(dict.fromkeys(peer.tags + self._tags.get(name, ())))
         self._peers[name] = peer
         self._by_driver[driver] = peer
 
@@ -395,7 +419,7 @@ class Master:
                     reason=event.reason,
                 )
             return
-        peer.state = "lost"
+        peer._mark_lost()
         if self._peers.get(peer.name) is peer:
             del self._peers[peer.name]
         if event.code == wire.SHUTDOWN:

@@ -1,0 +1,155 @@
+"""The master's side of remote commands: start one on a worker, follow its updates, end it.
+
+A :class:`CommandTracker` sends ``start_command`` to a worker, routes the worker's ``update``
+and ``complete`` messages to the right :class:`RemoteCommand` by ``command_id`` (and checks
+they come from the worker that runs it), and fails the command if the worker is lost. The HTTP
+control endpoint, the PB bridge and applications all start commands through it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wiremsg.errors import WiremsgError
+from wiremsg.master import Master, Peer
+from wiremsg.message import Message
+
+log = Logger()
+
+START_TIMEOUT = 30.0
+"""Seconds a worker may take to answer ``start_command``."""
+
+UpdateHandler = Callable[[Mapping[str, Any]], None]
+
+
+class CommandFailed(WiremsgError):
+    """A remote command could not run to completion (refused, worker lost, interrupted
+    before it started); the message says why."""
+
+
+class RemoteCommand:
+    """One command running on one worker. ``done`` fires with its exit code, or fails with
+    :class:`CommandFailed`. Updates go to ``on_update`` as they arrive (each a dict with some
+    of ``stdout``, ``stderr``, ``header``, ``rc``, ``elapsed``)."""
+
+    def __init__(self, peer: Peer, command_id: str, on_update: UpdateHandler) -> None:
+        self.peer = peer
+        self.command_id = command_id
+        self.on_update = on_update
+        self.rc: int | None = None
+        self.done: Deferred[int] = Deferred()
+
+    @property
+    def finished(self) -> bool:
+        """True once ``done`` has fired."""
+        return self.done.called
+
+    def interrupt(self, why: str = "interrupted") -> Deferred[Message]:
+        """Ask the worker to interrupt the command (it kills the process group); the command
+        then completes with the signal's exit code. Fires with the worker's answer."""
+        return self.peer.request(
+            "interrupt", {"command_id": self.command_id, "why": why}, timeout=START_TIMEOUT
+        )
+
+    def _finish(self, rc: int | None, failure: Mapping[str, Any] | None) -> None:
+        if self.done.called:
+            return
+        if failure is not None and rc is None:
+            reason = failure.get("reason", "") if isinstance(failure, Mapping) else ""
+            self.done.errback(CommandFailed(f"{self.peer.name}: {reason or 'command failed'}"))
+        else:
+            self.done.callback(rc if rc is not None else -1)
+
+    def _fail(self, message: str) -> None:
+        if not self.done.called:
+            self.done.errback(CommandFailed(message))
+
+
+class CommandTracker:
+    """Starts commands on a master's workers and routes their updates.
+
+    :param master: the master whose workers run the commands; the tracker registers the
+        ``update`` and ``complete`` handlers on it.
+    """
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        self._commands: dict[str, RemoteCommand] = {}
+        master.on("update", self._update)
+        master.on("complete", self._complete)
+
+    def start(
+        self, peer: Peer, args: Mapping[str, Any], on_update: UpdateHandler, command: str = "shell"
+    ) -> RemoteCommand:
+        """Start ``command`` with Buildbot-style ``args`` on ``peer``."""
+        command_id = os.urandom(8).hex()
+        cmd = RemoteCommand(peer, command_id, on_update)
+        self._commands[command_id] = cmd
+        cmd.done.addBoth(self._forget, command_id)
+        started = peer.request(
+            "start_command",
+            {"command_id": command_id, "command": command, "args": dict(args)},
+            timeout=START_TIMEOUT,
+        )
+        started.addErrback(
+            lambda f: cmd._fail(f"{peer.name}: could not start: {f.getErrorMessage()}")
+        )
+        lost = peer.when_lost()
+        lost.addCallback(lambda p: cmd._fail(f"worker {p.name} was lost during the command"))
+        cmd.done.addBoth(self._cancel, lost)
+        return cmd
+
+    @property
+    def running(self) -> list[RemoteCommand]:
+        """Commands started and not yet finished."""
+        return list(self._commands.values())
+
+    @staticmethod
+    def _cancel(result: Any, d: Deferred[Any]) -> Any:
+        if not d.called:
+            d.cancel()
+        return result
+
+    def _forget(self, result: int | Failure, command_id: str) -> int | Failure:
+        self._commands.pop(command_id, None)
+        return result
+
+    def _lookup(self, peer: Peer, msg: Message) -> RemoteCommand | None:
+        body = msg.body
+        command_id = body.get("command_id") if isinstance(body, dict) else None
+        cmd = self._commands.get(command_id) if isinstance(command_id, str) else None
+        if cmd is None or cmd.peer.name != peer.name:
+            log.warn(
+                "{kind} for unknown command {id!r} from {name}",
+                kind=msg.kind,
+                id=command_id,
+                name=peer.name,
+            )
+            return None
+        return cmd
+
+    def _update(self, peer: Peer, msg: Message) -> None:
+        cmd = self._lookup(peer, msg)
+        if cmd is None:
+            return
+        body: dict[str, Any] = msg.body  # type: ignore[assignment]
+        if isinstance(body.get("rc"), int):
+            cmd.rc = body["rc"]
+        try:
+            cmd.on_update(body)
+        except Exception:
+            log.failure("update handler of command {id} failed", id=cmd.command_id)
+
+    def _complete(self, peer: Peer, msg: Message) -> None:
+        cmd = self._lookup(peer, msg)
+        if cmd is None:
+            return
+        body: dict[str, Any] = msg.body  # type: ignore[assignment]
+        failure = body.get("failure")
+        cmd._finish(cmd.rc, failure if isinstance(failure, Mapping) else None)
