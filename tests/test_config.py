@@ -46,7 +46,7 @@ def test_bad_workers_files(tmp_path: Path, text: str, problem: str) -> None:
 
 
 def test_unreadable_workers_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read workers file .*missing.toml"):
+    with pytest.raises(ConfigError, match=r"cannot read workers file .*missing\.toml"):
         load_workers(tmp_path / "missing.toml")
     (tmp_path / "bin.toml").write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="not UTF-8"):
