@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
-def wiremsg(*args: str) -> subprocess.CompletedProcess[str]:
+def wiremsg(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "wiremsg", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "wiremsg", *args], capture_output=True, text=True, timeout=timeout
     )
 
 
-def test_demo_streams_a_build_and_summarises() -> None:
-    proc = wiremsg("demo")
-    assert proc.returncode == 0, proc.stderr
+def check_demo_output(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    steps = [line for line in lines if "demo-worker | stdout:" in line]
+    steps = [line for line in lines if "demo-worker stdout|" in line]
     assert [s.split("] ")[0][-3:] for s in steps[:-1]] == [f"{n}/6" for n in range(1, 7)]
     assert steps[-1].endswith("build ok")
+    assert any(line.endswith("stderr| warning: 1 test skipped") for line in lines)
     assert "master: build finished with rc=0" in lines
     summary = lines[-1]
     assert summary.startswith("summary: ") and "RTT" in summary and "elapsed" in summary
-    assert proc.stderr == ""
+    assert "Traceback" not in proc.stderr and "Unhandled" not in proc.stderr
+
+
+def test_demo_on_memory_streams_a_build_and_summarises() -> None:
+    check_demo_output(wiremsg("demo", "--backend", "memory"))
 
 
 def test_demo_on_a_backend_not_yet_available_is_a_clear_error() -> None:
@@ -31,8 +38,54 @@ def test_demo_on_a_backend_not_yet_available_is_a_clear_error() -> None:
     assert "not available yet" in proc.stdout
 
 
-def test_bad_usage_exits_2_without_traceback() -> None:
-    for args in ((), ("bogus",), ("demo", "--backend", "carrier-pigeon")):
-        proc = wiremsg(*args)
-        assert proc.returncode == 2
-        assert "Traceback" not in proc.stderr and "usage: wiremsg" in proc.stderr
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("bogus",),
+        ("demo", "--backend", "carrier-pigeon"),
+        ("run", "--all"),
+        ("run", "--worker", "a", "--tag", "b", "--", "true"),
+        ("master", "--listen", "amp://h:1"),
+        ("worker", "--name", "w"),
+    ],
+)
+def test_bad_usage_exits_2_without_traceback(args: tuple[str, ...]) -> None:
+    proc = wiremsg(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "usage: wiremsg" in proc.stderr
+
+
+def test_unreachable_master_is_one_clear_line() -> None:
+    for args in (("status",), ("run", "--all", "--", "true")):
+        proc = wiremsg(*args[:1], "--control", "127.0.0.1:9", *args[1:])
+        assert proc.returncode == 1
+        assert proc.stderr.startswith("wiremsg: cannot reach the master's control endpoint")
+        assert proc.stderr.count("\n") == 1
+
+
+def test_bad_workers_file_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "workers.toml"
+    bad.write_text("[workers.w1]\n")
+    for workers in (str(bad), str(tmp_path / "missing.toml")):
+        proc = wiremsg(
+            "master", "--listen", "amp://127.0.0.1:0", "--workers", workers, "--control", "off"
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.startswith("wiremsg: ") and proc.stderr.count("\n") == 1
+        assert "workers" in proc.stderr
+
+
+def test_worker_without_a_secret_is_one_clear_line() -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "WIREMSG_SECRET"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "wiremsg", "worker", "--name", "w", "--master", "memory://x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == "wiremsg: no secret: pass --secret-file FILE or set WIREMSG_SECRET\n"

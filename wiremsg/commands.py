@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -101,7 +101,10 @@ class CommandTracker:
             lambda f: cmd._fail(f"{peer.name}: could not start: {f.getErrorMessage()}")
         )
         lost = peer.when_lost()
-        lost.addCallback(lambda p: cmd._fail(f"worker {p.name} was lost during the command"))
+        lost.addCallbacks(
+            lambda p: cmd._fail(f"worker {p.name} was lost during the command"),
+            lambda f: f.trap(CancelledError),
+        )  # cancelled: the command ended
         cmd.done.addBoth(self._cancel, lost)
         return cmd
 

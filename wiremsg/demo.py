@@ -1,86 +1,185 @@
-"""``wiremsg demo``: a master and a worker exchange a build's output, and a summary is printed.
+"""``wiremsg demo``: a master, a worker process, and a build's output crossing the wire.
 
-On the ``memory`` backend both run in this process (the AMP backend, with the worker as a
-separate process, comes with the command runner). The worker's ``build`` handler streams
-progress lines as ``update`` messages while it works; the master prints each as it arrives,
-then the build's result and the session's counters.
+With a network backend (``amp``, the default) the master runs here and the worker is a
+separate ``wiremsg worker`` process on loopback. The master starts a build-like command on the
+worker; its output streams back line by line as it happens; a summary (messages, bytes, round
+trip, elapsed) ends it. The worker is then told to shut down, and no process is left behind.
+On ``memory`` both sides run in this process (there is no wire to cross between processes).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
 import time
 from typing import Any, TextIO
 
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
 
-from wiremsg.master import Master, Peer
-from wiremsg.message import Message
-from wiremsg.worker import Worker
+from wiremsg.commands import CommandTracker
+from wiremsg.master import Master
 
-STEPS = (
-    "fetching sources",
-    "configuring",
-    "compiling 12 files",
-    "linking",
-    "running 48 tests",
-    "packaging",
-)
-"""The demo build's steps; each takes :data:`STEP_SECONDS`."""
-STEP_SECONDS = 0.33
+BUILD = r"""
+import sys, time
+steps = ["fetching sources", "configuring", "compiling 12 files", "linking",
+         "running 48 tests", "packaging"]
+for n, step in enumerate(steps, 1):
+    print(f"[{n}/{len(steps)}] {step}", flush=True)
+    time.sleep(0.33)
+print("warning: 1 test skipped", file=sys.stderr, flush=True)
+print("build ok", flush=True)
+"""
+"""The demo's build: about two seconds of progress lines."""
+
+SECRET = "demo-secret"
+NAME = "demo-worker"
+READY_TIMEOUT = 30.0
+AVAILABLE = ("amp", "memory")
 
 
-async def run_demo(reactor: Any, out: TextIO, backend: str = "memory") -> int:
+class _WorkerProcess(ProcessProtocol):
+    """Collects a child's output and tells when it has ended."""
+
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.ended: Deferred[int | None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(getattr(reason.value, "exitCode", None))
+
+
+async def run_demo(reactor: Any, out: TextIO, backend: str = "amp") -> int:
     """Run the demo on ``reactor``, writing to ``out``; returns the exit code."""
-    if backend != "memory":
-        out.write(f"wiremsg demo: backend {backend!r} is not available yet; use memory\n")
+    if backend not in AVAILABLE:
+        out.write(
+            f"wiremsg demo: backend {backend!r} is not available yet; "
+            f"use {' or '.join(AVAILABLE)}\n"
+        )
         return 2
     started = time.monotonic()
-    master = Master({"demo-worker": "demo-secret"}, reactor=reactor)
-    listener = await master.listen("memory://wiremsg-demo")
-    out.write(f"master: listening on {listener.address}\n")
+    basedir = tempfile.mkdtemp(prefix="wiremsg-demo-")
+    master = Master({NAME: SECRET}, reactor=reactor)
+    tracker = CommandTracker(master)
+    child: _WorkerProcess | None = None
+    agent: Any = None
+    try:
+        address = "memory://wiremsg-demo" if backend == "memory" else f"{backend}://127.0.0.1:0"
+        listener = await master.listen(address)
+        out.write(f"master: listening on {listener.address}\n")
+        if backend == "memory":
+            from wiremsg.agent import build_agent
 
-    def show(peer: Peer, msg: Message) -> None:
-        body: Any = msg.body
-        out.write(f"  {peer.name} | {body['stream']}: {body['line']}\n")
+            agent = build_agent(
+                reactor,
+                NAME,
+                SECRET,
+                [str(listener.address)],
+                basedir=basedir,
+                tags=["linux", "demo"],
+            )
+            await agent.worker.start()
+        else:
+            child = _WorkerProcess()
+            argv = [
+                sys.executable,
+                "-m",
+                "wiremsg",
+                "worker",
+                "--name",
+                NAME,
+                "--master",
+                str(listener.address),
+                "--basedir",
+                basedir,
+                "--tags",
+                "linux,demo",
+            ]
+            env = dict(os.environ, WIREMSG_SECRET=SECRET, PYTHONUNBUFFERED="1")
+            reactor.spawnProcess(child, sys.executable, argv, env=env)
+            pid = getattr(child.transport, "pid", "?")
+            out.write(f"master: started worker process (pid {pid})\n")
+        peer = await master.wait_for_worker(NAME, timeout=READY_TIMEOUT)
+        out.write(
+            f"master: {peer.name} attached from {peer.address} (tags {', '.join(peer.tags)})\n"
+        )
+        out.write("master: running the build on the worker\n")
         out.flush()
 
-    master.on("update", show)
+        def show(body: Any) -> None:
+            for stream in ("stdout", "stderr"):
+                for line in str(body.get(stream) or "").splitlines():
+                    out.write(f"  {peer.name} {stream}| {line}\n")
+            out.flush()
 
-    worker = Worker(
-        "demo-worker",
-        "demo-secret",
-        [str(listener.address)],
-        reactor=reactor,
-        tags=["linux"],
-        info={"purpose": "demo"},
-    )
+        cmd = tracker.start(
+            peer, {"command": [sys.executable, "-c", BUILD], "workdir": "build"}, show
+        )
+        rc = await cmd.done
+        rtts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            await peer.request("worker_info", {}, timeout=5)
+            rtts.append(time.perf_counter() - t0)
+        stats = peer.stats
+        out.write(
+            f"master: build finished with rc={rc}\n"
+            f"summary: {stats.messages_received} messages / {stats.bytes_received} bytes "
+            f"worker->master, {stats.messages_sent} messages / {stats.bytes_sent} bytes "
+            f"master->worker, request RTT {min(rtts) * 1000:.2f} ms (best of 5), "
+            f"elapsed {time.monotonic() - started:.2f}s\n"
+        )
+        if child is not None:
+            await peer.request("shutdown", {}, timeout=5)
+        return int(rc)
+    finally:
+        if agent is not None:
+            await agent.stop()
+        await master.stop()
+        if child is not None:
+            await _reap(reactor, child, out)
+        shutil.rmtree(basedir, ignore_errors=True)
 
-    async def build(msg: Message) -> dict[str, Any]:
-        for n, step in enumerate(STEPS, 1):
-            worker.send("update", {"stream": "stdout", "line": f"[{n}/{len(STEPS)}] {step}"})
-            await deferLater(reactor, STEP_SECONDS, lambda: None)
-        worker.send("update", {"stream": "stdout", "line": "build ok"})
-        return {"rc": 0}
 
-    worker.on("build", build)
-    worker.on("ping", lambda msg: {})
-    await worker.start()
-    peer = await master.wait_for_worker("demo-worker", timeout=5)
-    out.write(f"master: worker {peer.name} attached (tags {', '.join(peer.tags)})\n")
-    out.write("master: asking for a build\n")
-    result = await peer.request("build", {"target": "all"}, timeout=30)
-    rc = result.body["rc"]  # type: ignore[index,call-overload]
-    t0 = time.perf_counter()
-    await peer.request("ping", {}, timeout=5)
-    rtt_ms = (time.perf_counter() - t0) * 1000
-    stats = peer.stats
-    elapsed = time.monotonic() - started
-    await worker.stop()
-    await master.stop()
-    out.write(
-        f"master: build finished with rc={rc}\n"
-        f"summary: {stats.messages_received} messages / {stats.bytes_received} bytes "
-        f"worker->master, {stats.messages_sent} messages / {stats.bytes_sent} bytes "
-        f"master->worker, request RTT {rtt_ms:.2f} ms, elapsed {elapsed:.2f}s\n"
-    )
-    return int(rc)
+async def _reap(reactor: Any, child: _WorkerProcess, out: TextIO) -> None:
+    """Wait for the worker process to exit; terminate (then kill) it if it lingers."""
+    for signal_name, wait in (("", 10.0), ("TERM", 5.0), ("KILL", 5.0)):
+        if child.ended.called:
+            return
+        if signal_name:
+            try:
+                transport: Any = child.transport
+                transport.signalProcess(signal_name)
+            except Exception:
+                return
+        await _within(reactor, child.ended, wait)
+    if not child.ended.called:
+        out.write("master: the worker process did not exit\n")
+
+
+def _within(reactor: Any, d: Deferred[Any], seconds: float) -> Deferred[None]:
+    """Fires once ``d`` has fired or ``seconds`` have passed; leaves ``d``'s result alone."""
+    waiter: Deferred[None] = Deferred()
+
+    def fire(_: Any = None) -> None:
+        if not waiter.called:
+            waiter.callback(None)
+
+    call = reactor.callLater(seconds, fire)
+
+    def done(result: Any) -> Any:
+        if call.active():
+            call.cancel()
+        fire()
+        return result
+
+    d.addBoth(done)
+    return waiter
