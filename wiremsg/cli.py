@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -313,19 +314,53 @@ def run_command(
     if response.status != 200:
         return _fail(_error_of(response))
     conn.sock.settimeout(None)  # commands may be silent for long
-    printer: _Printer | None = None
-    run_id = ""
-    interrupted = False
-    while True:
+    run = _RunStream(control)
+    previous = signal.signal(signal.SIGINT, run.on_sigint)
+    try:
+        return run.follow(response)
+    except KeyboardInterrupt:
+        sys.stderr.write("wiremsg: interrupted\n")
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _RunStream:
+    """Follows one run's NDJSON stream. The first SIGINT asks the master to interrupt the
+    command and keeps following (the read resumes after the handler: PEP 475); the second
+    gives up."""
+
+    def __init__(self, control: str) -> None:
+        self.control = control
+        self.run_id = ""
+        self.interrupted = False
+        self.printer: _Printer | None = None
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interrupted or not self.run_id:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        sys.stderr.write("wiremsg: interrupting the remote command (Ctrl-C again to quit)\n")
         try:
+            conn, response = _post(
+                self.control, "/interrupt", {"run": self.run_id, "why": "interrupted by the user"}
+            )
+            response.read()
+            conn.close()
+        except OSError as exc:
+            sys.stderr.write(f"wiremsg: could not ask for the interrupt: {exc}\n")
+
+    def follow(self, response: Any) -> int:
+        while True:
             line = response.readline()
             if not line:
                 return _fail("the master closed the stream before the command finished")
             event = json.loads(line)
             kind = event.get("event")
+            printer = self.printer
             if kind == "run":
-                run_id = event["id"]
-                printer = _Printer(prefix=len(event["workers"]) > 1)
+                self.run_id = event["id"]
+                self.printer = _Printer(prefix=len(event["workers"]) > 1)
             elif kind in ("stdout", "stderr") and printer is not None:
                 printer.write(event["worker"], kind, event["data"])
             elif kind == "exit" and printer is not None:
@@ -336,16 +371,6 @@ def run_command(
                 sys.stderr.write(f"wiremsg: {event['worker']}: {event['message']}\n")
             elif kind == "done":
                 return exit_code(int(event["rc"]))
-        except KeyboardInterrupt:
-            if interrupted:
-                sys.stderr.write("wiremsg: interrupted\n")
-                return 130
-            interrupted = True
-            sys.stderr.write("wiremsg: interrupting the remote command (Ctrl-C again to quit)\n")
-            try:
-                _post(control, "/interrupt", {"run": run_id, "why": "interrupted by the user"})
-            except OSError:
-                pass
 
 
 class _Printer:
