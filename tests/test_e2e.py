@@ -31,7 +31,7 @@ class Proc:
         self, argv: list[str], env: dict[str, str] | None = None, stderr_path: Path | None = None
     ) -> None:
         self.stderr_path = stderr_path
-        self._err = open(stderr_path, "wb") if stderr_path else subprocess.PIPE  # noqa: SIM115
+        self._err = open(stderr_path, "wb") if stderr_path else subprocess.PIPE
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "wiremsg", *argv],
             stdout=subprocess.PIPE,
@@ -286,7 +286,7 @@ def test_sigint_to_run_interrupts_the_remote_command(cluster: Cluster, tmp_path:
         assert run.stdout.readline() == "started\n"
         pid = int(pidfile.read_text())
         run.send_signal(signal.SIGINT)
-        out, err = run.communicate(timeout=30)
+        _, err = run.communicate(timeout=30)
     finally:
         if run.poll() is None:
             run.kill()
@@ -318,7 +318,7 @@ def test_worker_killed_mid_command_fails_run_clearly(cluster: Cluster) -> None:
     try:
         assert run.stdout is not None and run.stdout.readline() == "started\n"
         victim.stop(signal.SIGKILL)
-        out, err = run.communicate(timeout=30)
+        _, err = run.communicate(timeout=30)
     finally:
         if run.poll() is None:
             run.kill()
