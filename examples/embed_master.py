@@ -1,8 +1,9 @@
 """Embedding wiremsg in a CI master: accept workers, dispatch by kind, fan work out by tag.
 
-Run it (``python examples/embed_master.py``): it listens on the in-process ``memory`` backend
-and starts the example worker from ``worker_process.py`` in the same process. In production,
-listen on real addresses, e.g. ``await master.listen("amp://0.0.0.0:9989")``.
+Run it (``python examples/embed_master.py``): it listens on a free loopback AMP port and, to
+have someone to talk to, starts the example worker from ``worker_process.py`` in the same
+process. In production workers are separate processes (``wiremsg worker``), and you listen on
+a fixed address, e.g. ``await master.listen("amp://0.0.0.0:9989")``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ async def main(reactor: Any) -> None:
 
     master.on("update", on_update)
 
-    # Listen on as many addresses (and backends) as you like; port 0 would be resolved.
-    listener = await master.listen("memory://ci-master")
+    # Listen on as many addresses (and backends) as you like; port 0 is resolved.
+    listener = await master.listen("amp://127.0.0.1:0")
     print("listening on", listener.address)
 
     worker = build_worker(reactor, [str(listener.address)])  # normally a separate process

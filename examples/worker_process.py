@@ -1,8 +1,10 @@
 """A build worker: connect to the masters, answer their requests, report progress.
 
-Run it alone (``python examples/worker_process.py``): on the in-process ``memory`` backend it
-also starts a small master to talk to, so you can watch both sides. In production, pass real
-master addresses, e.g. ``["amp://ci-1.example:9989", "amp://ci-2.example:9989"]``.
+Run it alone (``python examples/worker_process.py``): it also starts a small master on a
+loopback AMP port to talk to, so you can watch both sides. In production the master is another
+process: pass its addresses, e.g. ``["amp://ci-1.example:9989", "amp://ci-2.example:9989"]``
+(the worker fails over between them in order). ``wiremsg worker`` is this, plus a runner for
+shell commands.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ def build_worker(reactor: Any, masters: list[str]) -> Worker:
 
 
 async def main(reactor: Any) -> None:
-    # Only for this example: an in-process master on the memory backend.
+    # Only for this example: a master in the same process, on a free loopback port.
     master = Master({"builder-1": "s3cret"}, reactor=reactor)
     master.on("update", lambda peer, msg: print(f"master got update from {peer.name}: {msg.body}"))
-    listener = await master.listen("memory://example-master")
+    listener = await master.listen("amp://127.0.0.1:0")
 
     worker = build_worker(reactor, [str(listener.address)])
     await worker.start()  # fires once attached; fails with AuthError on a wrong secret

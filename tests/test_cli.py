@@ -89,3 +89,16 @@ def test_worker_without_a_secret_is_one_clear_line() -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr == "wiremsg: no secret: pass --secret-file FILE or set WIREMSG_SECRET\n"
+
+
+def test_demo_on_amp_runs_the_worker_as_a_process_and_leaves_none_behind() -> None:
+    proc = wiremsg("demo", timeout=90)
+    check_demo_output(proc)
+    assert "master: listening on amp://127.0.0.1:" in proc.stdout
+    started = [line for line in proc.stdout.splitlines() if "started worker process" in line]
+    assert len(started) == 1
+    pid = int(started[0].split("pid ")[1].rstrip(")"))
+    import os
+
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
