@@ -43,6 +43,8 @@ class RemoteCommand:
         self.command_id = command_id
         self.on_update = on_update
         self.rc: int | None = None
+        self.failure: Mapping[str, Any] | None = None
+        """The ``failure`` of ``complete`` (e.g. ``{"code": "timeout", ...}``), if any."""
         self.done: Deferred[int] = Deferred()
 
     @property
@@ -60,6 +62,7 @@ class RemoteCommand:
     def _finish(self, rc: int | None, failure: Mapping[str, Any] | None) -> None:
         if self.done.called:
             return
+        self.failure = failure
         if failure is not None and rc is None:
             reason = failure.get("reason", "") if isinstance(failure, Mapping) else ""
             self.done.errback(CommandFailed(f"{self.peer.name}: {reason or 'command failed'}"))

@@ -39,6 +39,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from wiremsg.commands import CommandTracker, RemoteCommand
 from wiremsg.master import Master, Peer
+from wiremsg.vocabulary import TIMEOUT, TIMEOUT_WITHOUT_OUTPUT
 
 log = Logger()
 
@@ -130,7 +131,9 @@ class _Run:
         for peer in peers:
             cmd = control.tracker.start(peer, args, self._updater(peer.name))
             cmd.done.addCallbacks(
-                self._exited, self._failed, callbackArgs=(peer.name,), errbackArgs=(peer.name,)
+                self._exited, self._failed, callbackArgs=(peer.name, cmd), errbackArgs=(peer.name,)
+            ).addErrback(
+                lambda f: log.failure("run {id}: reporting a result failed", f, id=self.id)
             )
             self.commands.append(cmd)
         timeout = args.get("max_time")
@@ -153,8 +156,9 @@ class _Run:
 
         return on_update
 
-    def _exited(self, rc: int, name: str) -> None:
-        if self.timed_out:
+    def _exited(self, rc: int, name: str, cmd: RemoteCommand) -> None:
+        failure = cmd.failure or {}
+        if self.timed_out or failure.get("code") in (TIMEOUT, TIMEOUT_WITHOUT_OUTPUT):
             rc = TIMEOUT_RC
         self.results[name] = rc
         self.write({"event": "exit", "worker": name, "rc": rc})
