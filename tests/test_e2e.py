@@ -253,8 +253,13 @@ def test_one_mebibyte_of_output_arrives_intact(cluster: Cluster) -> None:
 
 def test_timeout_stops_the_command_and_exits_124(cluster: Cluster) -> None:
     started = time.monotonic()
-    proc = cluster.run("--worker", "w1", "--timeout", "1", *py(
-        "import time\nprint('working', flush=True)\ntime.sleep(60)"))
+    proc = cluster.run(
+        "--worker",
+        "w1",
+        "--timeout",
+        "1",
+        *py("import time\nprint('working', flush=True)\ntime.sleep(60)"),
+    )
     assert proc.returncode == 124, proc.stderr
     assert proc.stdout == "working\n"
     assert time.monotonic() - started < 20

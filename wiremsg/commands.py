@@ -16,7 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wiremsg.errors import WiremsgError
+from wiremsg.errors import Timeout, WiremsgError
 from wiremsg.master import Master, Peer
 from wiremsg.message import Message
 
@@ -52,7 +52,7 @@ class RemoteCommand:
         """True once ``done`` has fired."""
         return self.done.called
 
-    def interrupt(self, why: str = "interrupted") -> Deferred[Message]:
+    def interrupt(self, why: str = "") -> Deferred[Message]:
         """Ask the worker to interrupt the command (it kills the process group); the command
         then completes with the signal's exit code. Fires with the worker's answer."""
         return self.peer.request(
@@ -100,9 +100,15 @@ class CommandTracker:
             {"command_id": command_id, "command": command, "args": dict(args)},
             timeout=START_TIMEOUT,
         )
-        started.addErrback(
-            lambda f: cmd._fail(f"{peer.name}: could not start: {f.getErrorMessage()}")
-        )
+
+        def not_started(f: Failure) -> None:
+            cmd._fail(f"{peer.name}: could not start: {f.getErrorMessage()}")
+            if isinstance(f.value, Timeout):  # it may yet start: do not leave it running unobserved
+                cmd.interrupt("the master gave up waiting for it to start").addErrback(
+                    lambda _: None
+                )
+
+        started.addErrback(not_started)
         lost = peer.when_lost()
         lost.addCallbacks(
             lambda p: cmd._fail(f"worker {p.name} was lost during the command"),
@@ -145,7 +151,7 @@ class CommandTracker:
         if cmd is None:
             return
         body: dict[str, Any] = msg.body  # type: ignore[assignment]
-        if isinstance(body.get("rc"), int):
+        if type(body.get("rc")) is int:  # not a bool
             cmd.rc = body["rc"]
         try:
             cmd.on_update(body)
