@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,22 @@ class Cluster:
             text=True,
             timeout=timeout,
         )
+
+    @contextmanager
+    def start_run(self, *args: str) -> Iterator[subprocess.Popen[str]]:
+        """``wiremsg run`` in the background, killed on the way out if still running."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wiremsg", "run", "--control", self.control, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     def status(self) -> dict[str, Any]:
         out = subprocess.run(
@@ -279,32 +296,12 @@ def test_sigint_to_run_interrupts_the_remote_command(cluster: Cluster, tmp_path:
         f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
         "print('started', flush=True)\ntime.sleep(120)"
     )
-    run = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wiremsg",
-            "run",
-            "--control",
-            cluster.control,
-            "--worker",
-            "w3",
-            *py(code),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with cluster.start_run("--worker", "w3", *py(code)) as run:
         assert run.stdout is not None
         assert run.stdout.readline() == "started\n"
         pid = int(pidfile.read_text())
         run.send_signal(signal.SIGINT)
         _, err = run.communicate(timeout=30)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     assert run.returncode == 128 + signal.SIGTERM, err
     assert "interrupting the remote command" in err
     with pytest.raises(ProcessLookupError):
@@ -313,30 +310,12 @@ def test_sigint_to_run_interrupts_the_remote_command(cluster: Cluster, tmp_path:
 
 def test_worker_killed_mid_command_fails_run_clearly(cluster: Cluster) -> None:
     victim = cluster.start_worker("w4")
-    run = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wiremsg",
-            "run",
-            "--control",
-            cluster.control,
-            "--worker",
-            "w4",
-            *py("import time\nprint('started', flush=True)\ntime.sleep(60)"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with cluster.start_run(
+        "--worker", "w4", *py("import time\nprint('started', flush=True)\ntime.sleep(60)")
+    ) as run:
         assert run.stdout is not None and run.stdout.readline() == "started\n"
         victim.stop(signal.SIGKILL)
         _, err = run.communicate(timeout=30)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     assert run.returncode == 255
     assert err == "wiremsg: w4: worker w4 was lost during the command\n"
 
@@ -414,23 +393,7 @@ def test_tcp_cut_twice_mid_stream_delivers_every_line_once(cluster: Cluster) -> 
             "import sys, time\nfor i in range(6000):\n    print(f'line {i}', flush=True)\n"
             "    if i % 200 == 0: time.sleep(0.05)\nsys.exit(4)"
         )
-        run = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "wiremsg",
-                "run",
-                "--control",
-                cluster.control,
-                "--worker",
-                "w6",
-                *py(code),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with cluster.start_run("--worker", "w6", *py(code)) as run:
             assert run.stdout is not None
             lines = [run.stdout.readline() for _ in range(1000)]
             proxy.cut()
@@ -441,10 +404,6 @@ def test_tcp_cut_twice_mid_stream_delivers_every_line_once(cluster: Cluster) -> 
             assert run.stderr is not None
             err = run.stderr.read()
             run.wait(timeout=60)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
         got = "".join(lines).splitlines() + rest.splitlines()
         assert got == [f"line {i}" for i in range(6000)], err
         assert run.returncode == 4
