@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/wiremsg demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check wiremsg tests examples
-	$(BIN)/ruff format --check wiremsg tests examples
+	$(BIN)/ruff check wiremsg tests examples benchmarks
+	$(BIN)/ruff format --check wiremsg tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -30,6 +30,9 @@ pytest: $(STAMP)
 	$(BIN)/python -m coverage report --include='wiremsg/session.py' --fail-under=95
 
 test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/amp.py
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache

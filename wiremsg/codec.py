@@ -60,6 +60,23 @@ def _stdlib_dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+def _has_small_float(obj: Any) -> bool:
+    """True if ``obj`` holds a float with 0 < |f| < 1e-4: the only values for which orjson's
+    text (``0.00001``) differs from the standard library's (``1e-05``)."""
+    stack = [obj]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        o = pop()
+        t = type(o)
+        if t is dict:
+            extend(o.values())
+        elif t is list or t is tuple:
+            extend(o)
+        elif t is float and o != 0.0 and -1e-4 < o < 1e-4:
+            return True
+    return False
+
+
 def _str_keys(obj: dict[Any, Any]) -> dict[Any, Any]:
     for key in obj:
         if type(key) is not str:
@@ -86,14 +103,9 @@ class JSONCodec:
 
     def encode(self, obj: dict[str, Any]) -> bytes:
         """Encode ``obj``; raises :class:`FrameTooLarge` past ``max_frame``."""
-        if _orjson is not None:
+        if _orjson is not None and not _has_small_float(obj):
             data: bytes = _orjson.dumps(obj)
-            # orjson writes a float below 1e-4 unlike the standard library (0.00001 and 1.5e-7
-            # where it writes 1e-05 and 1.5e-07); such output always contains one of these, and
-            # only then is the standard library asked for the canonical bytes.
-            if b"e-" in data or b"0.0000" in data:
-                data = _stdlib_dumps(obj)
-        else:  # pragma: no cover
+        else:
             data = _stdlib_dumps(obj)
         if len(data) > self.max_frame:
             raise FrameTooLarge(len(data), self.max_frame)

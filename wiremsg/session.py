@@ -105,6 +105,8 @@ class Role(enum.Enum):
     WORKER = "worker"
     MASTER = "master"
 
+    __hash__ = object.__hash__  # members are singletons; Enum's hash is slow Python code
+
 
 class State(enum.Enum):
     """The session's states. Worker: IDLE → HELLO_SENT → AUTH_SENT → OPEN ⇄ DETACHED → CLOSED.
@@ -119,6 +121,8 @@ class State(enum.Enum):
     OPEN = "open"
     DETACHED = "detached"
     CLOSED = "closed"
+
+    __hash__ = object.__hash__  # members are singletons; Enum's hash is slow Python code
 
 
 _HANDSHAKING = frozenset(
@@ -276,14 +280,23 @@ class Session:
 
     def next_deadline(self) -> float | None:
         """The clock time at which :meth:`tick` has work to do, or None."""
+        if self.state is State.OPEN:  # the hot path: called after every frame in and out
+            hb = self.heartbeat
+            deadline = self._last_tx + hb
+            dead = self._last_rx + hb * self.dead_after
+            if dead < deadline:
+                deadline = dead
+            ack_due = self._ack_due
+            if ack_due is not None and ack_due < deadline:
+                deadline = ack_due
+            if self._requests:
+                for d in self._requests.values():
+                    if d is not None and d < deadline:
+                        deadline = d
+            return deadline
         candidates: list[float] = []
         if self.state in _HANDSHAKING and self._hs.deadline is not None:
             candidates.append(self._hs.deadline)
-        if self.state is State.OPEN:
-            candidates.append(self._last_tx + self.heartbeat)
-            candidates.append(self._last_rx + self.heartbeat * self.dead_after)
-            if self._ack_due is not None:
-                candidates.append(self._ack_due)
         if self.state is State.DETACHED and self._grace_deadline is not None:
             candidates.append(self._grace_deadline)
         if self.state is not State.CLOSED:

@@ -8,8 +8,10 @@ message larger than the byte window still goes (alone).
 
 from __future__ import annotations
 
-DEFAULT_MAX_MESSAGES = 1024
-"""Default bound on messages in flight."""
+DEFAULT_MAX_MESSAGES = 16384
+"""Default bound on messages in flight. Generous on purpose: a small window makes sender and
+receiver take turns (the benchmark measured 0.7x raw AMP at 1024, 1.4x at 16384); memory is
+bounded by :data:`DEFAULT_MAX_BYTES` anyway."""
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 """Default bound on bytes in flight (the encoded size of the messages)."""

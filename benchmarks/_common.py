@@ -1,0 +1,484 @@
+"""Shared harness for the benchmarks: two pinned processes per measurement, bounded and reaped.
+
+A benchmark script is both the *orchestrator* and its own children. The orchestrator calls
+:func:`run_pair` for each implementation it compares; that re-invokes the script with
+``--role server`` (pinned to the first CPU) and, once the server has said where it listens,
+with ``--role client`` (pinned to the second CPU). The script's ``__main__`` hands those
+invocations to :func:`child_main`, which pins the process, arranges for it to die with its
+parent, runs one coroutine on the Twisted reactor and reports on stdout.
+
+Children talk to the orchestrator in JSON lines on stdout (progress goes to stderr):
+
+* the server prints ``{"ready": {...}}`` (for instance the port it bound) once it accepts,
+  then ``{"result": {...}}`` when its measurements are done, or ``{"error": "..."}``;
+* the client gets the ``ready`` object as ``--ready JSON``; it may print
+  ``{"report": {...}}`` lines (:func:`report`), merged into the pair's result.
+
+Every child runs in its own process group and is killed (SIGTERM, then SIGKILL) when its pair
+ends, on errors and on interruption too; a child also dies if the orchestrator does
+(``PR_SET_PDEATHSIG``) and exits by itself after ``--deadline`` seconds. Nothing here knows
+which library is measured, so the same harness serves AMP, ZeroMQ or AMQP benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+"""Every benchmark binds and connects here only."""
+KILL_GRACE = 3.0
+"""Seconds a child gets between SIGTERM and SIGKILL."""
+CLIENT_EXIT_GRACE = 10.0
+"""Seconds the client may take to exit after the server reported its result."""
+_PR_SET_PDEATHSIG = 1
+
+ServerMain = Callable[[Any, dict[str, Any], Callable[[dict[str, Any]], None]], Awaitable[Any]]
+"""``async server(reactor, params, ready) -> result``: calls ``ready(info)`` once listening."""
+ClientMain = Callable[[Any, dict[str, Any], dict[str, Any]], Awaitable[Any]]
+"""``async client(reactor, params, ready_info) -> None``: returns when told to quit."""
+
+
+class BenchError(Exception):
+    """A benchmark child failed, timed out or broke the line protocol."""
+
+
+# -- output --------------------------------------------------------------------------------
+
+_T0 = time.monotonic()
+
+
+def progress(text: str) -> None:
+    """One human-readable line on stderr, stamped with seconds since start and the pid."""
+    sys.stderr.write(f"[{time.monotonic() - _T0:7.2f}s {os.getpid()}] {text}\n")
+    sys.stderr.flush()
+
+
+def emit(obj: Any) -> None:
+    """Write ``obj`` as one compact JSON line on stdout and flush."""
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def report(**figures: Any) -> None:
+    """From a client: figures to merge into its pair's result (e.g. the sender's CPU use)."""
+    emit({"report": figures})
+
+
+def environment() -> dict[str, Any]:
+    """Facts that make a result interpretable later (versions, CPUs, pinning)."""
+    try:
+        import twisted
+
+        tw = twisted.__version__
+    except ImportError:  # pragma: no cover
+        tw = None
+    return {
+        "python": platform.python_version(),
+        "twisted": tw,
+        "platform": platform.platform(),
+        "cpus": len(usable_cpus()),
+        "pinned": cpu_plan() != (None, None),
+    }
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (0..100) of ``values``, interpolating linearly between ranks
+    (numpy's default). :raises ValueError: for an empty sequence."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Iterable[float]) -> float:
+    """The median (50th percentile) of ``values``."""
+    return percentile(list(values), 50.0)
+
+
+def latency_summary(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50, p99, mean and max of round-trip samples given in seconds, in microseconds."""
+    us = [s * 1e6 for s in samples_s]
+    return {
+        "rtt_p50_us": round(percentile(us, 50.0), 1),
+        "rtt_p99_us": round(percentile(us, 99.0), 1),
+        "rtt_mean_us": round(sum(us) / len(us), 1),
+        "rtt_max_us": round(max(us), 1),
+        "rtt_samples": len(us),
+    }
+
+
+@dataclass
+class ArrivalCounter:
+    """Counts arrivals at the receiver and times the steady state.
+
+    The first ``warmup`` arrivals are not timed (connection ramp-up, first allocations). The
+    window opens at arrival ``warmup + 1`` and closes at arrival ``count``; the rate is the
+    ``count - warmup - 1`` arrivals after the opening one over that time, so the sender's
+    start-up and the control message's trip are excluded. ``done`` is called once, at the
+    ``count``-th arrival.
+    """
+
+    count: int
+    warmup: int
+    done: Callable[[], None]
+    seen: int = 0
+    t_first: float = 0.0
+    t_last: float = 0.0
+    cpu_first: float = 0.0
+    cpu_last: float = 0.0
+    _clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.warmup <= self.count - 2:
+            raise ValueError("need 0 <= warmup <= count - 2")
+
+    def hit(self) -> None:
+        """One arrival."""
+        self.seen += 1
+        seen = self.seen
+        if seen == self.warmup + 1:  # opens the window; the intervals after it are timed
+            self.cpu_first = time.process_time()
+            self.t_first = self._clock()
+        elif seen == self.count:
+            self.t_last = self._clock()
+            self.cpu_last = time.process_time()
+            self.done()
+
+    @property
+    def timed(self) -> int:
+        """Arrivals timed: the intervals between the window's first and last arrival."""
+        return self.count - self.warmup - 1
+
+    def rate(self) -> float:
+        """Arrivals per second over the timed window."""
+        elapsed = self.t_last - self.t_first
+        return self.timed / elapsed if elapsed > 0 else float("inf")
+
+    def cpu_utilisation(self) -> float:
+        """This process's CPU seconds per wall second in the timed window (1.0 = one CPU
+        busy all the time: the receiver is the bottleneck)."""
+        elapsed = self.t_last - self.t_first
+        return (self.cpu_last - self.cpu_first) / elapsed if elapsed > 0 else 0.0
+
+
+class Busy:
+    """This process's CPU seconds per wall second since it was made (1.0: one CPU busy)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+
+    def utilisation(self) -> float:
+        wall = time.perf_counter() - self.t0
+        return round((time.process_time() - self.cpu0) / wall, 3) if wall > 0 else 0.0
+
+
+# -- CPUs ----------------------------------------------------------------------------------
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on, in order."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))  # pragma: no cover
+
+
+def cpu_plan() -> tuple[int | None, int | None]:
+    """(server CPU, client CPU): the first two usable CPUs, or (None, None) with fewer."""
+    cpus = usable_cpus()
+    if len(cpus) < 2 or not hasattr(os, "sched_setaffinity"):
+        return None, None
+    return cpus[0], cpus[1]
+
+
+def pin(cpu: int | None) -> bool:
+    """Pin this process to ``cpu`` (no-op for None); True if it is now pinned."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return False
+    os.sched_setaffinity(0, {cpu})
+    return True
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; exit if it already has."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent and os.getppid() != parent:
+        os._exit(1)
+
+
+# -- the orchestrator's side ---------------------------------------------------------------
+
+
+class Child:
+    """One child process in its own process group, with its stdout read as JSON lines."""
+
+    def __init__(self, argv: list[str], name: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=None,  # the child's progress and logs go straight to our stderr
+            start_new_session=True,  # its own process group: killpg reaches all of it
+        )
+        self._buffer = b""
+
+    def read_message(self, deadline: float) -> dict[str, Any]:
+        """The next JSON object the child prints, waiting until ``deadline`` (monotonic).
+
+        :raises BenchError: on timeout, on exit without a message, or on an ``error`` message.
+        """
+        stdout = self.proc.stdout
+        assert stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(stdout, selectors.EVENT_READ)
+            while True:
+                line, sep, rest = self._buffer.partition(b"\n")
+                if sep:
+                    self._buffer = rest
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        sys.stderr.write(f"[{self.name} stdout] {line.decode(errors='replace')}\n")
+                        continue
+                    if not isinstance(msg, dict):
+                        raise BenchError(f"{self.name}: unexpected line {line[:200]!r}")
+                    if "error" in msg:
+                        raise BenchError(f"{self.name}: {msg['error']}")
+                    return msg
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BenchError(f"{self.name}: timed out")
+                if not sel.select(min(left, 1.0)):
+                    continue
+                chunk = os.read(stdout.fileno(), 65536)
+                if not chunk:
+                    code = self.wait(max(deadline - time.monotonic(), 0.1))
+                    raise BenchError(f"{self.name}: exited with code {code} before reporting")
+                self._buffer += chunk
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, waiting up to ``timeout`` seconds; None if still running."""
+        try:
+            return self.proc.wait(timeout=max(timeout, 0.0))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        """End the child's whole process group: SIGTERM, then SIGKILL. Idempotent."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            if self.wait(KILL_GRACE) is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        else:
+            # The leader has exited; anything it left in its group goes too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def run_pair(
+    script: str,
+    impl: str,
+    params: dict[str, Any],
+    timeout: float,
+    extra_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run ``impl``'s server and client (each pinned, when possible) and return the server's
+    result. Both children are gone when this returns or raises.
+
+    :param script: the benchmark script, re-invoked with ``--role``.
+    :param timeout: seconds the whole pair may take; children get it as their own deadline.
+    :param extra_args: appended to both children's command lines (e.g. a profiler switch).
+    :raises BenchError: a child failed, misbehaved or ran out of time.
+    """
+    server_cpu, client_cpu = cpu_plan()
+    deadline = time.monotonic() + timeout
+    base = [
+        sys.executable,
+        script,
+        "--impl",
+        impl,
+        "--params",
+        json.dumps(params, separators=(",", ":")),
+        "--parent",
+        str(os.getpid()),
+        "--deadline",
+        str(timeout),
+        *extra_args,
+    ]
+
+    def argv(role: str, cpu: int | None, *more: str) -> list[str]:
+        return [*base, "--role", role, "--cpu", "" if cpu is None else str(cpu), *more]
+
+    children: list[Child] = []
+    try:
+        server = Child(argv("server", server_cpu), f"{impl} server")
+        children.append(server)
+        ready = server.read_message(deadline).get("ready")
+        if not isinstance(ready, dict):
+            raise BenchError(f"{impl} server: expected a ready message first")
+        client = Child(argv("client", client_cpu, "--ready", json.dumps(ready)), f"{impl} client")
+        children.append(client)
+        result = server.read_message(deadline).get("result")
+        if not isinstance(result, dict):
+            raise BenchError(f"{impl} server: expected a result message")
+        if server.wait(deadline - time.monotonic()) is None:
+            progress(f"{impl}: server did not exit after its result; killing it")
+        client_deadline = min(time.monotonic() + CLIENT_EXIT_GRACE, deadline)
+        try:  # the client's end: its reports, then EOF
+            while True:
+                result.update(client.read_message(client_deadline).get("report") or {})
+        except BenchError as exc:
+            if client.proc.returncode != 0:
+                progress(f"{impl}: after the result: {exc}")
+        if client.wait(client_deadline - time.monotonic()) is None:
+            progress(f"{impl}: client did not exit after the run; killing it")
+        return result
+    finally:
+        for child in reversed(children):
+            child.kill()
+
+
+def install_exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that ``finally`` blocks reap the children."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# -- the children's side -------------------------------------------------------------------
+
+
+def add_child_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options :func:`run_pair` passes to children (hidden from ``--help``)."""
+    hide = argparse.SUPPRESS
+    parser.add_argument("--role", choices=("server", "client"), help=hide)
+    parser.add_argument("--impl", help=hide)
+    parser.add_argument("--params", default="{}", help=hide)
+    parser.add_argument("--ready", default="{}", help=hide)
+    parser.add_argument("--cpu", default="", help=hide)
+    parser.add_argument("--parent", type=int, default=0, help=hide)
+    parser.add_argument("--deadline", type=float, default=120.0, help=hide)
+    parser.add_argument(
+        "--profile-dir",
+        help="profile every child with pyinstrument (text and speedscope reports go here)",
+    )
+
+
+def _write_profile(profiler: Any, directory: str, stem: str) -> None:
+    from pyinstrument.renderers import SpeedscopeRenderer
+
+    profiler.stop()
+    os.makedirs(directory, exist_ok=True)
+    base = os.path.join(directory, f"{stem}-{os.getpid()}")
+    with open(base + ".txt", "w") as f:
+        f.write(profiler.output_text(unicode=False, color=False, show_all=False))
+    with open(base + ".speedscope.json", "w") as f:
+        f.write(profiler.output(SpeedscopeRenderer()))
+    progress(f"profile written to {base}.txt")
+
+
+def child_main(
+    args: argparse.Namespace,
+    servers: dict[str, ServerMain],
+    clients: dict[str, ClientMain],
+    log_level: str = "warn",
+) -> int:
+    """Run one child: pin it, tie it to its parent, run its coroutine on the reactor.
+
+    The server's return value is printed as ``{"result": ...}``; any failure as
+    ``{"error": ...}`` with exit code 1. After ``args.deadline`` seconds the child reports
+    a timeout and exits with code 3 whatever it is doing.
+    """
+    _die_with_parent(args.parent)
+    pin(int(args.cpu) if args.cpu else None)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+
+    from twisted.internet import reactor as _reactor
+    from twisted.internet.defer import ensureDeferred
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    reactor: Any = _reactor
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(log_level))
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    params = json.loads(args.params)
+    is_server = args.role == "server"
+    outcome: dict[str, Any] = {}
+
+    def timed_out() -> None:
+        emit({"error": f"{args.role} timed out after {args.deadline:g}s"})
+        os._exit(3)
+
+    reactor.callLater(args.deadline, timed_out)
+
+    def start() -> None:
+        if is_server:
+            coro = servers[args.impl](reactor, params, lambda info: emit({"ready": info}))
+        else:
+            coro = clients[args.impl](reactor, params, json.loads(args.ready))
+        d = ensureDeferred(coro)  # type: ignore[arg-type]
+
+        def finished(value: Any) -> None:
+            outcome["value"] = value
+            reactor.stop()
+
+        def failed(failure: Any) -> None:
+            outcome["error"] = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            sys.stderr.write(failure.getTraceback())
+            reactor.stop()
+
+        d.addCallbacks(finished, failed)
+
+    reactor.callWhenRunning(start)
+    profiler = None
+    if args.profile_dir:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.0005)
+        profiler.start()
+    reactor.run(installSignalHandlers=False)
+    if profiler is not None:
+        _write_profile(profiler, args.profile_dir, f"{args.impl}-{args.role}")
+    if "error" in outcome:
+        emit({"error": outcome["error"]})
+        return 1
+    if is_server:
+        emit({"result": outcome.get("value")})
+    return 0
