@@ -83,8 +83,9 @@ class Proc:
 
 
 class Cluster:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, scheme: str) -> None:
         self.tmp = tmp
+        self.scheme = scheme
         workers_file = tmp / "workers.toml"
         workers_file.write_text(
             "".join(f'[workers.{n}]\nsecret = "{s}"\n\n' for n, s in WORKERS.items())
@@ -93,7 +94,7 @@ class Cluster:
             [
                 "master",
                 "--listen",
-                "amp://127.0.0.1:0",
+                f"{scheme}://127.0.0.1:0",
                 "--workers",
                 str(workers_file),
                 "--control",
@@ -187,9 +188,15 @@ class Cluster:
         self.master.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("e2e"))
+BACKENDS = ["amp"]
+"""The network backends the whole end-to-end suite runs over."""
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp(f"e2e-{request.param}"), request.param)
     try:
         for name in ("w1", "w2", "w3"):
             c.start_worker(name, tags=TAGS[name])
@@ -206,7 +213,11 @@ def test_status_lists_the_workers(cluster: Cluster) -> None:
     workers = {w["name"]: w for w in cluster.status()["workers"]}
     assert {"w1", "w2", "w3"} <= set(workers)
     w1 = workers["w1"]
-    assert (w1["state"], w1["backend"], w1["tags"]) == ("attached", "amp", ["linux", "fast"])
+    assert (w1["state"], w1["backend"], w1["tags"]) == (
+        "attached",
+        cluster.scheme,
+        ["linux", "fast"],
+    )
     table = subprocess.run(
         [sys.executable, "-m", "wiremsg", "status", "--control", cluster.control],
         capture_output=True,
@@ -388,7 +399,7 @@ def test_tcp_cut_twice_mid_stream_delivers_every_line_once(cluster: Cluster) -> 
     host, port = cluster.url.split("://")[1].rsplit(":", 1)
     proxy = CuttingProxy((host, int(port)))
     try:
-        cluster.start_worker("w6", master=f"amp://127.0.0.1:{proxy.port}")
+        cluster.start_worker("w6", master=f"{cluster.scheme}://127.0.0.1:{proxy.port}")
         code = (
             "import sys, time\nfor i in range(6000):\n    print(f'line {i}', flush=True)\n"
             "    if i % 200 == 0: time.sleep(0.05)\nsys.exit(4)"
