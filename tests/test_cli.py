@@ -102,3 +102,21 @@ def test_demo_on_amp_runs_the_worker_as_a_process_and_leaves_none_behind() -> No
 
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_keys_zmq_writes_a_curve_key_pair(tmp_path: Path) -> None:
+    import stat
+
+    proc = wiremsg("keys", "zmq", "--dir", str(tmp_path), "--name", "master")
+    assert proc.returncode == 0, proc.stderr
+    public, secret = tmp_path / "master.key", tmp_path / "master.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    from wiremsg.keys import load_key
+
+    assert load_key(public) in proc.stdout
+    again = wiremsg("keys", "zmq", "--dir", str(tmp_path), "--name", "master")
+    assert again.returncode == 1 and "exists" in again.stderr and again.stderr.count("\n") == 1
+    assert (
+        wiremsg("keys", "zmq", "--dir", str(tmp_path), "--name", "master", "--force").returncode
+        == 0
+    )

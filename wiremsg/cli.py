@@ -1,4 +1,4 @@
-"""The ``wiremsg`` command: ``master``, ``worker``, ``run``, ``status``, ``demo``.
+"""The ``wiremsg`` command: ``master``, ``worker``, ``run``, ``status``, ``keys``, ``demo``.
 
 Flags and exit codes are fixed (DESIGN §6); outside scripts depend on them. Exit codes: 0
 success; ``run`` exits with the command's exit code (for several workers, 0 only if all are
@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--control", default=DEFAULT_CONTROL_URL, metavar="URL")
     s.add_argument("--json", action="store_true", help="print JSON")
 
+    k = sub.add_parser("keys", help="make key pairs (zmq: CURVE)")
+    k.add_argument("kind", choices=["zmq"], help="which keys: zmq (CURVE)")
+    k.add_argument("--name", default="wiremsg", help="file name stem (default: wiremsg)")
+    k.add_argument("--dir", default=".", metavar="DIR", help="where to write (default: .)")
+    k.add_argument("--force", action="store_true", help="replace existing files")
+
     d = sub.add_parser("demo", help="run a master and a worker and show a build's output")
     d.add_argument(
         "--backend",
@@ -129,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _react(lambda reactor: _worker(reactor, args), serve=True)
         if args.command == "demo":
             return _react(lambda reactor: _demo(reactor, args.backend))
+        if args.command == "keys":
+            return make_keys(args.dir, args.name, args.force)
     except ConfigError as exc:
         return _fail(str(exc))
     return 2  # pragma: no cover - argparse refuses unknown commands
@@ -249,6 +257,19 @@ async def _demo(reactor: Any, backend: str) -> int:
     from wiremsg.demo import run_demo
 
     return await run_demo(reactor, sys.stdout, backend)
+
+
+def make_keys(directory: str, name: str, force: bool) -> int:
+    """``wiremsg keys zmq``: write a CURVE key pair (NAME.key public, NAME.key_secret 0600)."""
+    from wiremsg.keys import load_key, write_keypair
+
+    try:
+        public_path, secret_path = write_keypair(directory, name, overwrite=force)
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    _say(f"public key:  {public_path}  ({load_key(public_path)})")
+    _say(f"secret key:  {secret_path}  (mode 0600; keep it on this host)")
+    return 0
 
 
 # -- the control-endpoint clients --------------------------------------------------------------
