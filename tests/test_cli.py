@@ -33,7 +33,7 @@ def test_demo_on_memory_streams_a_build_and_summarises() -> None:
 
 
 def test_demo_on_a_backend_not_yet_available_is_a_clear_error() -> None:
-    proc = wiremsg("demo", "--backend", "zmq")
+    proc = wiremsg("demo", "--backend", "amqp")
     assert proc.returncode == 2
     assert "not available yet" in proc.stdout
 
@@ -91,10 +91,11 @@ def test_worker_without_a_secret_is_one_clear_line() -> None:
     assert proc.stderr == "wiremsg: no secret: pass --secret-file FILE or set WIREMSG_SECRET\n"
 
 
-def test_demo_on_amp_runs_the_worker_as_a_process_and_leaves_none_behind() -> None:
-    proc = wiremsg("demo", timeout=90)
+@pytest.mark.parametrize("backend", ["amp", "zmq"])
+def test_demo_runs_the_worker_as_a_process_and_leaves_none_behind(backend: str) -> None:
+    proc = wiremsg("demo", "--backend", backend, timeout=90)
     check_demo_output(proc)
-    assert "master: listening on amp://127.0.0.1:" in proc.stdout
+    assert f"master: listening on {backend}://127.0.0.1:" in proc.stdout
     started = [line for line in proc.stdout.splitlines() if "started worker process" in line]
     assert len(started) == 1
     pid = int(started[0].split("pid ")[1].rstrip(")"))

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-WORKERS = {f"w{n}": f"secret-{n}" for n in range(1, 7)}
+WORKERS = {f"w{n}": f"secret-{n}" for n in range(1, 8)}
 TAGS = {"w1": "linux,fast", "w2": "linux", "w3": "bsd"}
 WAIT = 30.0
 
@@ -188,7 +188,7 @@ class Cluster:
         self.master.stop()
 
 
-BACKENDS = ["amp"]
+BACKENDS = ["amp", "zmq"]
 """The network backends the whole end-to-end suite runs over."""
 
 
@@ -329,6 +329,21 @@ def test_worker_killed_mid_command_fails_run_clearly(cluster: Cluster) -> None:
         _, err = run.communicate(timeout=30)
     assert run.returncode == 255
     assert err == "wiremsg: w4: worker w4 was lost during the command\n"
+
+
+def test_worker_killed_and_restarted_is_noticed_and_reattaches(cluster: Cluster) -> None:
+    first = cluster.start_worker("w7")
+    cluster.wait_state("w7", "attached")
+    killed_at = time.monotonic()
+    first.stop(signal.SIGKILL)
+    cluster.wait_state("w7", "detached", timeout=10)
+    noticed = time.monotonic() - killed_at
+    assert noticed < 3 * 1.0 + 2  # within the heartbeat timeout (3 x 1 s), plus polling
+    cluster.start_worker("w7")  # a new process: a fresh session replaces the dead one
+    workers = {w["name"]: w for w in cluster.status()["workers"]}
+    assert workers["w7"]["state"] == "attached"
+    proc = cluster.run("--worker", "w7", *py("print('back')"))
+    assert (proc.returncode, proc.stdout) == (0, "back\n")
 
 
 def test_wrong_secret_is_refused_and_named_in_the_master_log(cluster: Cluster) -> None:

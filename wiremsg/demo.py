@@ -38,7 +38,7 @@ print("build ok", flush=True)
 SECRET = "demo-secret"
 NAME = "demo-worker"
 READY_TIMEOUT = 30.0
-AVAILABLE = ("amp", "memory")
+AVAILABLE = ("amp", "zmq", "memory")
 
 
 class _WorkerProcess(ProcessProtocol):
