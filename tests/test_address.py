@@ -223,3 +223,15 @@ def test_via_error_says_what_is_wrong_with_the_tunnel() -> None:
     with pytest.raises(AddressError, match="missing host") as info:
         parse_address("amp://h:1?via=ssh://:22")
     assert info.value.part == "via"
+
+
+def test_redacted_hides_passwords_and_secrets_only() -> None:
+    from wiremsg.address import parse_address
+
+    addr = parse_address("zmq://h:1?curve_secret=abc&curve_server=keys/m.key&curve_clients=keys")
+    assert (
+        addr.redacted() == "zmq://h:1?curve_secret=***&curve_server=keys/m.key&curve_clients=keys"
+    )
+    amqp = parse_address("amqp://guest:hunter2@localhost:5672/vhost")
+    assert amqp.redacted() == "amqp://guest:***@localhost:5672/vhost"
+    assert "hunter2" not in amqp.redacted() and str(amqp).count("hunter2") == 1

@@ -88,6 +88,13 @@ class Address:
         """True when the address names a host and port (a tunnel may be put under it)."""
         return _KINDS.get(self.scheme, _TCP) == _TCP and bool(self.host)
 
+    def redacted(self) -> str:
+        """The URL with the password and every ``*secret*`` parameter replaced by ``***``: what
+        logs, status pages and error messages show."""
+        params = {k: ("***" if "secret" in k.lower() else v) for k, v in self.params.items()}
+        password = None if self.password is None else "***"
+        return str(replace(self, password=password, params=MappingProxyType(params)))
+
     def with_port(self, port: int) -> Address:
         """Return a copy with ``port`` set (a listener uses this to report port 0 resolved)."""
         return replace(self, port=port)
@@ -97,7 +104,7 @@ class Address:
         if self.user is not None:
             auth = quote(self.user, safe="")
             if self.password is not None:
-                auth += ":" + quote(self.password, safe="")
+                auth += ":" + quote(self.password, safe="*")
             auth += "@"
         if self.name:
             netloc = self.name
@@ -107,7 +114,7 @@ class Address:
         else:
             netloc = ""
         query = "&".join(
-            f"{quote(k, safe='')}={quote(v, safe='/:@')}" for k, v in self.params.items()
+            f"{quote(k, safe='')}={quote(v, safe='/:@*')}" for k, v in self.params.items()
         )
         path = quote(self.path, safe="/:@!$&'()*+,;=")  # parse_address unquotes it
         return f"{self.scheme}://{auth}{netloc}{path}" + (f"?{query}" if query else "")

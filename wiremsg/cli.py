@@ -177,6 +177,7 @@ def _react(work: Callable[[Any], Any], serve: bool = False) -> int:
     of ``work`` becomes one line on stderr and exit code 1."""
     from twisted.internet import reactor as _reactor
     from twisted.internet.defer import Deferred
+    from twisted.internet.error import ReactorNotRunning
     from twisted.python.failure import Failure
 
     reactor: Any = _reactor
@@ -186,7 +187,10 @@ def _react(work: Callable[[Any], Any], serve: bool = False) -> int:
         if isinstance(result, Failure) or not serve:
             outcome.append(result)
             if reactor.running:
-                reactor.stop()
+                try:
+                    reactor.stop()
+                except ReactorNotRunning:  # already stopping (a signal came first)
+                    pass
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(work(reactor)).addBoth(done))
     reactor.run()
@@ -213,7 +217,7 @@ async def _master(reactor: Any, args: argparse.Namespace) -> None:
     tracker = CommandTracker(master)
     for url in args.listen:
         listener = await master.listen(url)
-        _say(f"listening on {listener.address}")
+        _say(f"listening on {listener.address.redacted()}")
     if args.control != "off":
         host, port = parse_host_port(args.control)
         cport = await listen_control(master, reactor, host, port, tracker)

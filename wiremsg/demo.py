@@ -74,7 +74,7 @@ async def run_demo(reactor: Any, out: TextIO, backend: str = "amp") -> int:
     try:
         address = "memory://wiremsg-demo" if backend == "memory" else f"{backend}://127.0.0.1:0"
         listener = await master.listen(address)
-        out.write(f"master: listening on {listener.address}\n")
+        out.write(f"master: listening on {listener.address.redacted()}\n")
         if backend == "memory":
             from wiremsg.agent import build_agent
 

@@ -229,7 +229,7 @@ class Master:
 
         def keep(listener: Listener) -> Listener:
             self._listeners.append(listener)
-            log.info("master listening on {address}", address=str(listener.address))
+            log.info("master listening on {address}", address=listener.address.redacted())
             return listener
 
         return d.addCallback(keep)
@@ -286,7 +286,7 @@ class Master:
         ``name``, ``state``, ``backend``, ``tags``), ``listeners``, ``handshaking``."""
         return {
             "workers": [p.status() for p in sorted(self._peers.values(), key=lambda p: p.name)],
-            "listeners": [str(lst.address) for lst in self._listeners],
+            "listeners": [lst.address.redacted() for lst in self._listeners],
             "handshaking": len(self._handshaking),
             "refused": self.refused,
         }

@@ -248,7 +248,7 @@ class _Conn:
                 budget -= self._read(budget)
         except zmq.ZMQError as exc:
             if not self.closed:
-                _log.failure("ZeroMQ socket for {address} failed", address=self.address)
+                _log.failure("ZeroMQ socket for {address} failed", address=self.address.redacted())
                 self.fail_all(f"ZeroMQ error: {exc}")
             return
         if self.blocked and not self.closed:
@@ -587,7 +587,9 @@ class _RouterConn(_Conn):
 
     def _hello(self, ident: bytes, data: bytes, frame: zmq.Frame) -> None:
         if data != _HELLO:
-            _log.warn("refusing a hello {hello!r} on {a}", hello=data[:16], a=self.address)
+            _log.warn(
+                "refusing a hello {hello!r} on {a}", hello=data[:16], a=self.address.redacted()
+            )
             self.try_send(ident, b"Runsupported protocol version")
             return
         if not self.listening:
@@ -609,7 +611,9 @@ class _RouterConn(_Conn):
         try:
             self.on_link(link)
         except Exception:
-            _log.failure("on_link of the listener at {address} failed", address=self.address)
+            _log.failure(
+                "on_link of the listener at {address} failed", address=self.address.redacted()
+            )
             link._abort("the listener failed to accept the link")
 
     def _describe(self, fd: int, frame: zmq.Frame) -> str:
@@ -627,7 +631,7 @@ class _RouterConn(_Conn):
             return  # the ZAP handler logged it
         if event != zmq.EVENT_DISCONNECTED:
             why = _event_text(event, value)
-            _log.info("{a}: dropped a connection: {why}", a=self.address, why=why)
+            _log.info("{a}: dropped a connection: {why}", a=self.address.redacted(), why=why)
             return
         self.pump()  # drain first: what the peer sent before it went comes first
         for link in list(self.by_fd.get(value, ())):
@@ -720,7 +724,7 @@ class _DealerConn(_Conn):
             self.timeout.cancel()
         self.close()
         if d is not None:
-            d.errback(ConnectFailed(f"cannot connect to {self.address}: {why}"))
+            d.errback(ConnectFailed(f"cannot connect to {self.address.redacted()}: {why}"))
 
     def abandon(self) -> None:
         """The connect was cancelled: leave nothing open."""
@@ -1069,7 +1073,7 @@ class ZMQBackend(Backend):
                 ):
                     sock.send_multipart([rid, b"", b"1.0", request_id, b"200", b"OK", key, b""])
                     continue
-            where = conn.address if conn is not None else domain
+            where = conn.address.redacted() if conn is not None else domain
             _log.warn(
                 "refused a CURVE client at {where}: key {key} from {peer} is not allowed",
                 where=where,
