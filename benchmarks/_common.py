@@ -482,3 +482,121 @@ def child_main(
     if is_server:
         emit({"result": outcome.get("value")})
     return 0
+
+
+# -- helpers shared by the scripts (amp.py keeps its own copies) ----------------------------
+
+LOG_LINE = "[step 12/40] cc -O2 -Wall -c src/wiremsg/session.c -o build/session.o: ok; "
+"""The payload's text: build-log-like ASCII without ``e-`` or ``0.0000`` (see the README)."""
+
+
+def text(size: int) -> str:
+    """``size`` characters of ASCII build-log-like text (the same in every benchmark)."""
+    return (LOG_LINE * (size // len(LOG_LINE) + 1))[:size]
+
+
+class Sink:
+    """Where one-way messages land at the master; times one test at a time."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.counter: ArrivalCounter | None = None
+        self.strays = 0
+
+    def hit(self, *_: Any) -> None:
+        counter = self.counter
+        if counter is None:
+            self.strays += 1
+        else:
+            counter.hit()
+
+    async def run(self, count: int, warmup: int, start: Callable[[], Any]) -> dict[str, Any]:
+        """Call ``start()`` (which tells the worker to send ``count`` messages) and wait
+        until all arrived; returns the rate and the receiver's CPU use in the timed window."""
+        from twisted.internet.defer import Deferred
+
+        done: Deferred[None] = Deferred()
+        # Resume the measuring coroutine from a fresh reactor turn, not from inside the
+        # library's receive path.
+        counter = ArrivalCounter(
+            count, warmup, lambda: self.reactor.callLater(0, done.callback, None)
+        )
+        self.counter = counter
+        start()
+        await done
+        self.counter = None
+        return {"rate": counter.rate(), "receiver_cpu": round(counter.cpu_utilisation(), 3)}
+
+
+async def measure_rtt(call: Callable[[], Any], samples: int, warmup: int) -> dict[str, Any]:
+    """Time ``await call()`` ``warmup + samples`` times, one at a time; summarise the last
+    ``samples``."""
+    clock = time.perf_counter
+    out: list[float] = []
+    for i in range(warmup + samples):
+        t0 = clock()
+        await call()
+        t1 = clock()
+        if i >= warmup:
+            out.append(t1 - t0)
+    return latency_summary(out)
+
+
+def one_way_figures(prefix: str, run: dict[str, Any], size: int) -> dict[str, Any]:
+    """``<prefix>_msgs_per_s`` and ``<prefix>_receiver_cpu`` (and ``large_mb_per_s``) from a
+    :meth:`Sink.run` result."""
+    rate = run["rate"]
+    figures = {
+        f"{prefix}_msgs_per_s": round(rate, 1),
+        f"{prefix}_receiver_cpu": run["receiver_cpu"],
+    }
+    if prefix == "large":
+        figures["large_mb_per_s"] = round(rate * size / 1e6, 1)
+    return figures
+
+
+def summarise(runs: list[dict[str, Any]], per_round: Iterable[str] = ()) -> dict[str, Any]:
+    """Median of each numeric figure over the rounds; the ``per_round`` figures are also
+    listed per round (as ``<key>_rounds``) when there is more than one."""
+    listed = set(per_round)
+    out: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        values = [r[key] for r in runs if key in r]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            out[key] = value
+        elif isinstance(value, int):
+            out[key] = round(median(values))
+        else:
+            out[key] = round(median(values), 3 if value < 10 else 1)
+        if key in listed and len(runs) > 1:
+            out[f"{key}_rounds"] = values
+    return out
+
+
+def median_ratio(
+    results: dict[str, list[dict[str, Any]]], num: str, den: str, key: str
+) -> float | None:
+    """The median over rounds of ``num``'s ``key`` ÷ ``den``'s (round by round); None when
+    neither round measured both."""
+    pairs = [
+        (a[key], b[key])
+        for a, b in zip(results.get(num, []), results.get(den, []), strict=False)
+        if key in a and key in b and b[key]
+    ]
+    return round(median(a / b for a, b in pairs), 3) if pairs else None
+
+
+def check_targets(
+    figures: dict[str, Any], targets: dict[str, tuple[str, float]], suffixes: Iterable[str]
+) -> dict[str, bool | None]:
+    """For each target ``name`` → (``">="`` or ``"<="``, bound) and suffix: whether
+    ``figures["ratio_<name><suffix>"]`` meets it (None when not measured)."""
+    met: dict[str, bool | None] = {}
+    for suffix in suffixes:
+        for name, (op, bound) in targets.items():
+            value = figures.get(f"ratio_{name}{suffix}")
+            if value is None:
+                met[name + suffix] = None
+            else:
+                met[name + suffix] = value >= bound if op == ">=" else value <= bound
+    return met

@@ -1,6 +1,7 @@
-"""The AMP benchmark runs end to end in its quick mode and reports every figure it promises.
+"""The AMP and ZeroMQ benchmarks run end to end in their quick mode and report every figure
+they promise.
 
-A smoke test: it checks the shape of the one-line JSON report, never a speed.
+Smoke tests: they check the shape of the one-line JSON report, never a speed.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ TARGETS = (
 )
 
 
-def _run_quick() -> tuple[int, str, str]:
-    """Run ``amp.py --quick`` in its own process group; kill the group if it overruns."""
+def _run_quick(script: Path = SCRIPT, timeout: float = TIMEOUT) -> tuple[int, str, str]:
+    """Run ``script --quick`` in its own process group; kill the group if it overruns."""
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--quick"],
+        [sys.executable, str(script), "--quick"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -49,11 +50,11 @@ def _run_quick() -> tuple[int, str, str]:
         start_new_session=True,
     )
     try:
-        out, err = proc.communicate(timeout=TIMEOUT)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"benchmarks/amp.py --quick took over {TIMEOUT:g}s\n{err[-3000:]}")
+        pytest.fail(f"benchmarks/{script.name} --quick took over {timeout:g}s\n{err[-3000:]}")
     finally:
         if proc.poll() is None:  # pragma: no cover - only on an unexpected exception
             os.killpg(proc.pid, signal.SIGKILL)
@@ -100,3 +101,64 @@ def test_context_is_recorded(report: dict[str, Any]) -> None:
     assert report["params"]["large_size"] == 65536
     assert {"python", "twisted", "cpus", "pinned"} <= set(report["env"])
     assert report["elapsed_s"] < TIMEOUT
+
+
+# -- benchmarks/zmq.py --------------------------------------------------------------------
+
+ZMQ_SCRIPT = ROOT / "benchmarks" / "zmq.py"
+ZMQ_TIMEOUT = 30.0
+"""Seconds ``zmq.py --quick`` may take (it needs a few) before its process group is killed."""
+ZMQ_IMPLS = ("wiremsg_json", "wiremsg_msgpack", "raw_zmq")
+ZMQ_RATIOS = tuple(
+    f"ratio_{name}_vs_raw_zmq{suffix}"
+    for suffix in ("", "_msgpack")
+    for name in ("msgs", "rtt_p50", "rtt_p99", "large")
+)
+ZMQ_TARGETS = (
+    "msgs_vs_raw_zmq",
+    "rtt_p50_vs_raw_zmq",
+    "msgs_vs_raw_zmq_msgpack",
+    "rtt_p50_vs_raw_zmq_msgpack",
+)
+
+
+@pytest.fixture(scope="module")
+def zmq_report() -> dict[str, Any]:
+    pytest.importorskip("zmq")
+    code, out, err = _run_quick(ZMQ_SCRIPT, ZMQ_TIMEOUT)
+    assert code == 0, err[-3000:]
+    lines = out.splitlines()
+    assert len(lines) == 1, f"stdout must be exactly one line, got {len(lines)}"
+    parsed = json.loads(lines[0])
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def test_zmq_one_json_line_with_every_implementation(zmq_report: dict[str, Any]) -> None:
+    assert zmq_report["benchmark"] == "zmq"
+    assert zmq_report["quick"] is True
+    for impl in ZMQ_IMPLS:
+        figures = zmq_report[impl]
+        for key in ("msgs_per_s", "rtt_p50_us", "rtt_p99_us", "large_mb_per_s"):
+            assert isinstance(figures[key], int | float) and figures[key] > 0, (impl, key)
+        assert figures["rtt_p50_us"] <= figures["rtt_p99_us"]
+        assert figures["strays"] == 0, impl
+    assert zmq_report["wiremsg_json"]["codec"] == "json"
+    assert zmq_report["wiremsg_msgpack"]["codec"] == "msgpack"
+    assert zmq_report["wiremsg_json"]["small_msgs_per_batch"] >= 1
+
+
+def test_zmq_ratios_and_targets(zmq_report: dict[str, Any]) -> None:
+    for key in ZMQ_RATIOS:
+        assert isinstance(zmq_report[key], float) and zmq_report[key] > 0, key
+    assert set(zmq_report["targets"]) == {"msgs_vs_raw_zmq", "rtt_p50_vs_raw_zmq"}
+    assert set(ZMQ_TARGETS) == set(zmq_report["targets_met"])
+    for key in ZMQ_TARGETS:
+        assert isinstance(zmq_report["targets_met"][key], bool), key
+
+
+def test_zmq_context_is_recorded(zmq_report: dict[str, Any]) -> None:
+    assert zmq_report["params"]["small_size"] == 200
+    assert zmq_report["params"]["large_size"] == 65536
+    assert {"python", "twisted", "cpus", "pinned", "pyzmq", "libzmq"} <= set(zmq_report["env"])
+    assert zmq_report["elapsed_s"] < ZMQ_TIMEOUT

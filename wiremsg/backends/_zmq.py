@@ -569,6 +569,8 @@ class _RouterConn(_Conn):
                 link._violate("a multipart message")
             else:
                 link._receive(data)
+            if self.dirty:
+                break  # send what this message produced (acks, replies) before reading on
         return n
 
     def _stranger(self, ident: bytes) -> None:
@@ -708,6 +710,8 @@ class _DealerConn(_Conn):
                 self._fail(f"refused: {data[1:].decode('utf-8', 'replace')}")
             elif data != _PROBE:
                 self._fail(f"the listener does not speak this protocol (it sent {data[:16]!r})")
+            if self.dirty:
+                break  # send what this message produced (acks, replies) before reading on
         return n
 
     def _welcomed(self) -> None:

@@ -1,0 +1,603 @@
+"""wiremsg over ZeroMQ against raw pyzmq driven by the Twisted reactor, measured in one run.
+
+Usage::
+
+    .venv/bin/python benchmarks/zmq.py            # default size: 3 rounds, about 30-40 s
+    .venv/bin/python benchmarks/zmq.py --quick    # a few seconds (the smoke test uses it)
+    .venv/bin/python benchmarks/zmq.py --only wiremsg_json --tests small --profile-dir /tmp/p
+
+Three implementations are measured, each as a *master* process (pinned to the first CPU) and a
+*worker* process (pinned to the second), over loopback TCP (libzmq sets TCP_NODELAY itself):
+
+``wiremsg_json`` / ``wiremsg_msgpack``
+    :class:`wiremsg.Master` and :class:`wiremsg.Worker` over ``zmq://127.0.0.1:0`` (the
+    ZeroMQ backend: a ROUTER at the master, a DEALER per link); the worker offers only one
+    codec, so the session speaks it.
+``raw_zmq``
+    a bare ROUTER (master) / DEALER (worker) pair, each socket's ``zmq.FD`` read by the
+    reactor the PITFALLS (b) way: drain while ``EVENTS & POLLIN``, drain once after
+    ``addReader``, re-check ``EVENTS`` after sending; one ZeroMQ message per application
+    message, and at the high-water mark the producer waits for ``POLLOUT``.
+
+Tests (the master is always the one measuring; see benchmarks/README.md for the details):
+
+``small``  200-byte messages worker→master, one-way, as fast as back-pressure allows; msg/s
+           counted at the master after a warm-up.
+``rtt``    master→worker ``echo`` of a 64-byte payload with one request outstanding; p50/p99.
+``large``  65,536-byte messages worker→master, one-way; MB/s of payload (10**6 bytes/s).
+
+The implementations run ``rounds`` times in rotating order; each figure is the median over
+rounds and each ratio the median of the per-round ratios. Stdout gets exactly one line of
+JSON; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is called zmq.py: with its directory first on sys.path, ``import zmq`` (here and
+# in wiremsg's backend) would import this script again instead of pyzmq. Move the directory
+# to the end, where it still serves ``import _common``.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _entry in [p for p in sys.path if os.path.abspath(p or os.curdir) == _HERE]:
+    sys.path.remove(_entry)
+sys.path.append(_HERE)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import _common as common  # noqa: E402
+from _common import LOOPBACK, Busy, Sink, measure_rtt, one_way_figures, progress, text  # noqa: E402
+
+BENCHMARK = "zmq"
+IMPLS = ("wiremsg_json", "wiremsg_msgpack", "raw_zmq")
+"""Every implementation measured, in the first round's order."""
+TESTS = ("small", "rtt", "large")
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "small_size": 200,
+    "small_count": 200_000,
+    "small_warmup": 20_000,
+    "rtt_size": 64,
+    "rtt_samples": 5_000,
+    "rtt_warmup": 500,
+    "large_size": 65_536,
+    "large_count": 3_000,
+    "large_warmup": 300,
+    "tests": list(TESTS),
+}
+QUICK_PARAMS: dict[str, Any] = {
+    **DEFAULT_PARAMS,
+    "small_count": 5_000,
+    "small_warmup": 500,
+    "rtt_samples": 200,
+    "rtt_warmup": 50,
+    "large_count": 100,
+    "large_warmup": 10,
+}
+DEFAULT_ROUNDS = 3
+PAIR_TIMEOUT = 150.0
+"""Seconds one master/worker pair may take before both are killed (default size)."""
+QUICK_PAIR_TIMEOUT = 40.0
+
+TARGETS = {
+    "msgs_vs_raw_zmq": (">=", 1.0),
+    "rtt_p50_vs_raw_zmq": ("<=", 1.5),
+}
+"""Target → (comparison, bound) on the matching ``ratio_*`` figure."""
+
+SECRET = "bench-secret"
+WORKER_NAME = "bench"
+QUIET_TIMEOUT = 15.0
+"""Seconds the master waits for the worker to attach, or to leave at the end."""
+RAW_READ_BUDGET = 4096
+"""Raw pair: messages read per wakeup before the reactor gets a turn (as the backend does)."""
+RAW_RETRY = 0.05
+"""Raw pair: a producer blocked by the high-water mark also re-checks ``EVENTS`` after this many
+seconds, in case no change is signalled; ``<test>_sender_rescues`` counts the re-checks that
+found ``POLLOUT`` (a lost wake-up; expected 0)."""
+RAW_CLOSE_LINGER_MS = 200
+"""Raw pair: LINGER of the worker's socket, so that its last message gets out."""
+
+
+def _log_failure(what: str) -> Callable[[Any], None]:
+    def log(failure: Any) -> None:
+        progress(f"{what} failed: {failure.getErrorMessage()}")
+        sys.stderr.write(failure.getTraceback())
+
+    return log
+
+
+# -- wiremsg --------------------------------------------------------------------------------
+
+
+def _count_batches(link: Any) -> Callable[[], int] | None:
+    """Count the ZeroMQ messages the master's link receives (each a batch of frames), by
+    wrapping the backend's private per-message entry point; None if it has none."""
+    receive = getattr(link, "_receive", None)
+    if receive is None:
+        return None
+    seen = [0]
+
+    def counting(data: bytes) -> None:
+        seen[0] += 1
+        receive(data)
+
+    link._receive = counting
+    return lambda: seen[0]
+
+
+def _wiremsg_server(codec: str) -> common.ServerMain:
+    async def server(reactor: Any, params: dict[str, Any], ready: Callable[..., None]) -> Any:
+        from twisted.internet.defer import DeferredList
+
+        from wiremsg import Master
+
+        master = Master({WORKER_NAME: SECRET}, reactor=reactor)
+        sink = Sink(reactor)
+        master.on("update", sink.hit)
+        tests = params["tests"]
+        result: dict[str, Any] = {}
+        try:
+            listener = await master.listen(f"zmq://{LOOPBACK}:0")
+            ready({"port": listener.address.port})
+            peer = await master.wait_for_worker(WORKER_NAME, timeout=QUIET_TIMEOUT)
+            session = peer._driver.session  # private, read for the record only
+            result["codec"] = session._codec.name
+            if result["codec"] != codec:
+                raise RuntimeError(f"negotiated {result['codec']}, wanted {codec}")
+            batches = _count_batches(peer._driver.link)
+            if "small" in tests:
+                before = batches() if batches else 0
+                n, size = params["small_count"], params["small_size"]
+                spec = {"test": "small", "count": n, "size": size}
+                run = await sink.run(n, params["small_warmup"], lambda: peer.send("bench", spec))
+                result.update(one_way_figures("small", run, size))
+                result["msgs_per_s"] = result["small_msgs_per_s"]
+                if batches is not None:
+                    result["small_msgs_per_batch"] = round(n / max(batches() - before, 1), 1)
+            if "rtt" in tests:
+                body = {"data": text(params["rtt_size"])}
+                reply = await peer.request("echo", body)
+                if reply.body != body:
+                    raise RuntimeError("echo returned something else")
+                result.update(
+                    await measure_rtt(
+                        lambda: peer.request("echo", body),
+                        params["rtt_samples"],
+                        params["rtt_warmup"],
+                    )
+                )
+            if "large" in tests:
+                n, size = params["large_count"], params["large_size"]
+                spec = {"test": "large", "count": n, "size": size}
+                run = await sink.run(n, params["large_warmup"], lambda: peer.send("bench", spec))
+                result.update(one_way_figures("large", run, size))
+            result["strays"] = sink.strays
+            lost = peer.when_lost()
+            lost.addTimeout(QUIET_TIMEOUT, reactor)
+            peer.send("quit")
+            await DeferredList([lost], consumeErrors=True)
+        finally:
+            await master.stop()
+        return result
+
+    return server
+
+
+def _wiremsg_client(codec: str) -> common.ClientMain:
+    async def client(reactor: Any, params: dict[str, Any], ready: dict[str, Any]) -> None:
+        from twisted.internet.defer import Deferred, ensureDeferred
+
+        from wiremsg import Worker
+
+        worker = Worker(
+            WORKER_NAME,
+            SECRET,
+            [f"zmq://{LOOPBACK}:{ready['port']}"],
+            reactor=reactor,
+            session_options={"codecs": (codec,)},
+        )
+
+        async def produce(spec: dict[str, Any]) -> None:
+            # The idiomatic producer: send while writable, else wait for when_writable().
+            key = "line" if spec["test"] == "small" else "data"
+            payload = text(spec["size"])
+            send = worker.send
+            busy = Busy()
+            for _ in range(spec["count"]):
+                if not worker.writable:
+                    await worker.when_writable()
+                send("update", {key: payload})
+            common.report(**{f"{spec['test']}_sender_cpu": busy.utilisation()})
+
+        def bench(msg: Any) -> None:
+            def go() -> None:
+                ensureDeferred(produce(msg.body)).addErrback(_log_failure("producer"))
+
+            reactor.callLater(0, go)  # not from inside the receive path
+
+        quit_: Deferred[None] = Deferred()
+        worker.on("echo", lambda msg: msg.body)
+        worker.on("bench", bench)
+        worker.on("quit", lambda msg: None if quit_.called else quit_.callback(None))
+        await worker.start()
+        await quit_
+        await worker.stop(drain_timeout=QUIET_TIMEOUT)
+
+    return client
+
+
+# -- raw pyzmq on the reactor ---------------------------------------------------------------
+
+# What the raw pair's messages start with (the one-way payload itself starts with "[").
+_HELLO, _START, _ECHO, _QUIT, _BYE = b"H", b"S", b"E", b"Q", b"q"
+
+
+def _raw_zmq() -> tuple[common.ServerMain, common.ClientMain]:
+    import zmq
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReadDescriptor
+    from zope.interface import implementer
+
+    @implementer(IReadDescriptor)
+    class ZSock:
+        """One pyzmq socket on the reactor, by its edge-triggered ``zmq.FD`` (PITFALLS (b)).
+
+        ``doRead`` loops while ``EVENTS`` says there is something to do: it resumes a
+        producer blocked by the high-water mark once ``POLLOUT`` is back, and reads whole
+        messages (``recv_multipart``) while ``POLLIN``. :meth:`start` drains once right after
+        ``addReader``; a send made outside ``doRead`` is followed by :meth:`after_send`, one
+        ``callLater(0, doRead)`` (inside ``doRead`` the loop re-checks by itself).
+        """
+
+        def __init__(
+            self, reactor: Any, sock: Any, on_message: Callable[[list[bytes]], None]
+        ) -> None:
+            self.reactor, self.sock, self.on_message = reactor, sock, on_message
+            self._fd = sock.get(zmq.FD)  # cached: fileno() must work until removeReader
+            self.on_writable: Callable[[], None] | None = None
+            self.resumes = self.rescues = 0
+            self.closed = self._reading = False
+            self._recheck: Any = None
+            self._retry: Any = None
+
+        def fileno(self) -> int:
+            return self._fd
+
+        def logPrefix(self) -> str:
+            return "raw zmq"
+
+        def connectionLost(self, reason: Any) -> None:
+            self.closed = True
+
+        def start(self) -> None:
+            self.reactor.addReader(self)
+            self.doRead()  # messages that arrived before addReader raised no edge
+
+        def doRead(self) -> None:
+            sock, on_message = self.sock, self.on_message
+            budget = RAW_READ_BUDGET
+            self._reading = True
+            try:
+                while not self.closed:
+                    events = sock.get(zmq.EVENTS)
+                    if self.on_writable is not None and events & zmq.POLLOUT:
+                        resume, self.on_writable = self.on_writable, None
+                        self.resumes += 1
+                        resume()
+                        continue
+                    if not events & zmq.POLLIN:
+                        return
+                    if budget <= 0:
+                        self._schedule()  # the rest on the next turn
+                        return
+                    budget -= 1
+                    try:
+                        parts = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        continue
+                    on_message(parts)
+            finally:
+                self._reading = False
+
+        def after_send(self) -> None:
+            """Re-check ``EVENTS`` after a send: it may have used up the FD's edge."""
+            if not self._reading:
+                self._schedule()
+
+        def wait_writable(self, resume: Callable[[], None]) -> None:
+            """Call ``resume()`` once ``EVENTS`` shows ``POLLOUT`` (the producer met the
+            high-water mark)."""
+            self.on_writable = resume
+            if self._retry is None or not self._retry.active():
+                self._retry = self.reactor.callLater(RAW_RETRY, self._retried)
+
+        def _retried(self) -> None:
+            self._retry = None
+            if self.on_writable is not None and not self.closed:
+                before = self.resumes
+                self.doRead()
+                self.rescues += self.resumes - before
+                if self.on_writable is not None:
+                    self._retry = self.reactor.callLater(RAW_RETRY, self._retried)
+
+        def _schedule(self) -> None:
+            if self._recheck is None and not self.closed:
+                self._recheck = self.reactor.callLater(0, self._rechecked)
+
+        def _rechecked(self) -> None:
+            self._recheck = None
+            self.doRead()
+
+        def close(self, linger: int = 0) -> None:
+            """removeReader, then close the socket (PITFALLS: in this order)."""
+            if self.closed:
+                return
+            self.closed = True
+            for call in (self._recheck, self._retry):
+                if call is not None and call.active():
+                    call.cancel()
+            self.reactor.removeReader(self)
+            self.sock.close(linger=linger)
+
+    class Pump:
+        """The worker's producer: ``count`` one-way messages, one ZeroMQ message each, until
+        ``zmq.Again`` (the high-water mark); then it waits for ``POLLOUT``."""
+
+        def __init__(self, zsock: ZSock, test: str, count: int, payload: bytes) -> None:
+            self.zsock, self.test, self.left, self.payload = zsock, test, count, payload
+            self.busy = Busy()
+
+        def run(self) -> None:
+            send, payload, left = self.zsock.sock.send, self.payload, self.left
+            try:
+                while left > 0:
+                    send(payload, zmq.NOBLOCK)
+                    left -= 1
+            except zmq.Again:
+                self.zsock.wait_writable(self.run)
+            self.left = left
+            self.zsock.after_send()
+            if left == 0:
+                self.left = -1
+                common.report(
+                    **{
+                        f"{self.test}_sender_cpu": self.busy.utilisation(),
+                        f"{self.test}_sender_rescues": self.zsock.rescues,
+                    }
+                )
+
+    async def server(reactor: Any, params: dict[str, Any], ready: Callable[..., None]) -> Any:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.set(zmq.LINGER, 0)
+        sock.bind(f"tcp://{LOOPBACK}:*")
+        port = int(sock.get(zmq.LAST_ENDPOINT).rsplit(b":", 1)[1])
+        sink = Sink(reactor)
+        hello: Deferred[bytes] = Deferred()
+        bye: Deferred[None] = Deferred()
+        waiting: list[Deferred[bytes]] = []  # the echo request outstanding, if any
+        control = {_HELLO, _ECHO, _BYE}
+
+        def on_message(parts: list[bytes]) -> None:
+            data = parts[-1]
+            kind = data[:1]
+            if kind not in control:
+                sink.hit()
+            elif kind == _ECHO and waiting:
+                waiting.pop().callback(data)
+            elif kind == _HELLO and not hello.called:
+                hello.callback(parts[0])
+            elif kind == _BYE and not bye.called:
+                bye.callback(None)
+
+        zsock = ZSock(reactor, sock, on_message)
+        tests = params["tests"]
+        result: dict[str, Any] = {}
+        try:
+            zsock.start()
+            ready({"port": port})
+            hello.addTimeout(QUIET_TIMEOUT, reactor)
+            ident = await hello
+
+            def send(data: bytes) -> None:
+                sock.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
+                sock.send(data, zmq.NOBLOCK)
+                zsock.after_send()
+
+            def start(test: str, count: int, size: int) -> Callable[[], None]:
+                spec = {"test": test, "count": count, "size": size}
+                return lambda: send(_START + json.dumps(spec).encode())
+
+            def echo(request: bytes) -> Deferred[bytes]:
+                d: Deferred[bytes] = Deferred()
+                waiting.append(d)
+                send(request)
+                return d
+
+            if "small" in tests:
+                n, size = params["small_count"], params["small_size"]
+                run = await sink.run(n, params["small_warmup"], start("small", n, size))
+                result.update(one_way_figures("small", run, size))
+                result["msgs_per_s"] = result["small_msgs_per_s"]
+            if "rtt" in tests:
+                request = _ECHO + text(params["rtt_size"]).encode("ascii")
+                if await echo(request) != request:
+                    raise RuntimeError("echo returned something else")
+                result.update(
+                    await measure_rtt(
+                        lambda: echo(request), params["rtt_samples"], params["rtt_warmup"]
+                    )
+                )
+            if "large" in tests:
+                n, size = params["large_count"], params["large_size"]
+                run = await sink.run(n, params["large_warmup"], start("large", n, size))
+                result.update(one_way_figures("large", run, size))
+            result["strays"] = sink.strays
+            send(_QUIT)
+            bye.addTimeout(QUIET_TIMEOUT, reactor)
+            await bye
+        finally:
+            zsock.close()
+            ctx.term()  # last: every socket is closed
+        return result
+
+    async def client(reactor: Any, params: dict[str, Any], ready: dict[str, Any]) -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.set(zmq.LINGER, 0)
+        quit_: Deferred[None] = Deferred()
+
+        def send(data: bytes) -> None:
+            sock.send(data, zmq.NOBLOCK)
+            zsock.after_send()
+
+        def on_message(parts: list[bytes]) -> None:
+            data = parts[-1]
+            kind = data[:1]
+            if kind == _ECHO:
+                send(data)
+            elif kind == _START:
+                spec = json.loads(data[1:])
+                payload = text(spec["size"]).encode("ascii")
+                pump = Pump(zsock, spec["test"], spec["count"], payload)
+                reactor.callLater(0, pump.run)  # not from inside the receive path
+            elif kind == _QUIT and not quit_.called:
+                send(_BYE)
+                quit_.callback(None)
+
+        zsock = ZSock(reactor, sock, on_message)
+        try:
+            sock.connect(f"tcp://{LOOPBACK}:{ready['port']}")
+            zsock.start()
+            send(_HELLO)  # queued until the connection is up
+            await quit_
+        finally:
+            zsock.close(RAW_CLOSE_LINGER_MS)  # the bye must get out
+            ctx.term()
+
+    return server, client
+
+
+def _implementations() -> tuple[dict[str, common.ServerMain], dict[str, common.ClientMain]]:
+    raw_server, raw_client = _raw_zmq()
+    servers: dict[str, common.ServerMain] = {
+        "wiremsg_json": _wiremsg_server("json"),
+        "wiremsg_msgpack": _wiremsg_server("msgpack"),
+        "raw_zmq": raw_server,
+    }
+    clients: dict[str, common.ClientMain] = {
+        "wiremsg_json": _wiremsg_client("json"),
+        "wiremsg_msgpack": _wiremsg_client("msgpack"),
+        "raw_zmq": raw_client,
+    }
+    return servers, clients
+
+
+# -- the orchestrator ------------------------------------------------------------------------
+
+_PER_ROUND = ("msgs_per_s", "rtt_p50_us", "rtt_p99_us", "large_mb_per_s")
+
+
+def ratios(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The ratios the targets are about, each the median of the per-round ratios."""
+    out: dict[str, Any] = {}
+    for codec in ("json", "msgpack"):
+        impl = f"wiremsg_{codec}"
+        suffix = "" if codec == "json" else "_msgpack"
+        for name, key in (
+            ("msgs", "msgs_per_s"),
+            ("rtt_p50", "rtt_p50_us"),
+            ("rtt_p99", "rtt_p99_us"),
+            ("large", "large_mb_per_s"),
+        ):
+            out[f"ratio_{name}_vs_raw_zmq{suffix}"] = common.median_ratio(
+                results, impl, "raw_zmq", key
+            )
+    return out
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    import zmq
+
+    started = time.monotonic()
+    params = dict(QUICK_PARAMS if args.quick else DEFAULT_PARAMS)
+    if args.tests:
+        params["tests"] = [t for t in args.tests.split(",") if t]
+        unknown = set(params["tests"]) - set(TESTS)
+        if unknown:
+            raise SystemExit(f"unknown tests: {', '.join(sorted(unknown))}")
+    impls = [i for i in (args.only.split(",") if args.only else IMPLS) if i]
+    unknown = set(impls) - set(IMPLS)
+    if unknown:
+        raise SystemExit(f"unknown implementations: {', '.join(sorted(unknown))}")
+    rounds = args.rounds or (1 if args.quick else DEFAULT_ROUNDS)
+    timeout = QUICK_PAIR_TIMEOUT if args.quick else PAIR_TIMEOUT
+    extra = ["--profile-dir", args.profile_dir] if args.profile_dir else []
+    env = common.environment()
+    env.update(pyzmq=zmq.pyzmq_version(), libzmq=zmq.zmq_version())
+    progress(
+        f"zmq benchmark: {len(impls)} implementations x {rounds} rounds, "
+        f"{env['cpus']} CPUs, {'pinned' if env['pinned'] else 'NOT pinned'}"
+    )
+    results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    figures: dict[str, Any] = {"benchmark": BENCHMARK, "quick": args.quick, "rounds": rounds}
+    try:
+        for r in range(rounds):
+            order = impls[r % len(impls) :] + impls[: r % len(impls)]
+            for impl in order:
+                progress(f"round {r + 1}/{rounds}: {impl} ...")
+                t0 = time.monotonic()
+                result = common.run_pair(os.path.abspath(__file__), impl, params, timeout, extra)
+                results[impl].append(result)
+                shown = ", ".join(
+                    f"{k}={result[k]}"
+                    for k in ("msgs_per_s", "rtt_p50_us", "large_mb_per_s")
+                    if k in result
+                )
+                progress(f"round {r + 1}/{rounds}: {impl}: {shown} ({time.monotonic() - t0:.1f}s)")
+    except common.BenchError as exc:
+        progress(f"FAILED: {exc}")
+        common.emit({"benchmark": BENCHMARK, "error": str(exc)})
+        return 1
+    for impl in impls:
+        figures[impl] = common.summarise(results[impl], _PER_ROUND)
+    figures.update(ratios(results))
+    figures["targets"] = {name: f"{op} {bound}" for name, (op, bound) in TARGETS.items()}
+    figures["targets_met"] = common.check_targets(figures, TARGETS, ("", "_msgpack"))
+    figures["params"] = params
+    figures["env"] = env
+    figures["elapsed_s"] = round(time.monotonic() - started, 1)
+    common.emit(figures)
+    progress(f"done in {figures['elapsed_s']}s; targets met: {figures['targets_met']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="wiremsg over ZeroMQ vs raw pyzmq on the reactor; one JSON line on stdout."
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (smoke)")
+    parser.add_argument("--rounds", type=int, help=f"rounds (default {DEFAULT_ROUNDS}; 1 quick)")
+    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(IMPLS)}")
+    parser.add_argument("--tests", help=f"comma-separated subset of: {', '.join(TESTS)}")
+    common.add_child_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.role:
+        servers, clients = _implementations()
+        return common.child_main(args, servers, clients)
+    common.install_exit_on_sigterm()
+    try:
+        return orchestrate(args)
+    except KeyboardInterrupt:  # the children are already reaped (run_pair's finally)
+        progress("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
