@@ -115,7 +115,9 @@ class SessionDriver:
     def send(self, kind: str, body: JSON = None) -> Message:
         """Send a one-way message (queued if the window is full or the link is down)."""
         msg = self.session.send(kind, body)
-        self.flush()
+        # A send only moves deadlines later (the heartbeat), so the armed timer stays valid:
+        # at worst it fires early and tick() re-arms. Skipping _arm is the send fast path.
+        self.flush(arm=self._timer is None)
         return msg
 
     def request(
@@ -137,7 +139,7 @@ class SessionDriver:
 
     # -- output ---------------------------------------------------------------------------
 
-    def flush(self) -> None:
+    def flush(self, arm: bool = True) -> None:
         """Write the session's frames, act on its events, and re-arm the timer.
 
         Loops until the session is quiet: an event handler may produce more frames (the
@@ -163,7 +165,8 @@ class SessionDriver:
             waiters, self._drain_waiters = self._drain_waiters, []
             for w in waiters:
                 w.callback(None)
-        self._arm()
+        if arm:
+            self._arm()
 
     def when_drained(self) -> Deferred[None]:
         """Fires once every message sent so far has been acknowledged by the peer."""

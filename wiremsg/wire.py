@@ -176,6 +176,20 @@ def check_reject(frame: dict[str, Any]) -> dict[str, Any]:
 
 def check_msg(frame: dict[str, Any]) -> dict[str, Any]:
     """Validate a data-phase ``msg`` (the hot path: plain type checks only)."""
+    seq, ack, id_, kind = frame.get("seq"), frame.get("ack"), frame.get("id"), frame.get("kind")
+    if (  # the common case, a plain one-way message, in one expression
+        type(seq) is int
+        and seq >= 1
+        and type(ack) is int
+        and ack >= 0
+        and type(id_) is str
+        and 0 < len(id_) <= MAX_ID_LENGTH
+        and type(kind) is str
+        and 0 < len(kind) <= MAX_KIND_LENGTH
+        and "body" in frame
+        and len(frame) == 6
+    ):
+        return frame
     seq = frame.get("seq")
     if type(seq) is not int or seq < 1:
         raise _bad("seq", "missing or not a positive integer")
