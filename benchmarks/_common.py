@@ -484,7 +484,7 @@ def child_main(
     return 0
 
 
-# -- helpers shared by the scripts (amp.py keeps its own copies) ----------------------------
+# -- helpers shared by the scripts ---------------------------------------------------------
 
 LOG_LINE = "[step 12/40] cc -O2 -Wall -c src/wiremsg/session.c -o build/session.o: ok; "
 """The payload's text: build-log-like ASCII without ``e-`` or ``0.0000`` (see the README)."""
@@ -600,3 +600,241 @@ def check_targets(
             else:
                 met[name + suffix] = value >= bound if op == ">=" else value <= bound
     return met
+
+
+def log_failure(what: str) -> Callable[[Any], None]:
+    """An errback that reports ``what`` failed (with the traceback) on stderr."""
+
+    def log(failure: Any) -> None:
+        progress(f"{what} failed: {failure.getErrorMessage()}")
+        sys.stderr.write(failure.getTraceback())
+
+    return log
+
+
+# -- wiremsg itself, the same over every backend ---------------------------------------------
+
+SECRET = "bench-secret"
+WORKER_NAME = "bench"
+QUIET_TIMEOUT = 15.0
+"""Seconds the master waits for the worker to attach, or to leave at the end."""
+
+UnitCounter = Callable[[Any], "tuple[str, Callable[[], int]] | None"]
+"""``count_units(link) -> (figure, count) | None``: called once the worker is attached, with
+the master's link; ``count()`` is the number of wire units (boxes, batches) received so far,
+and ``figure`` (e.g. ``small_msgs_per_box``) gets the small test's messages per unit."""
+
+
+def wiremsg_server(scheme: str, codec: str, count_units: UnitCounter) -> ServerMain:
+    """The master side of ``wiremsg_<codec>`` over ``<scheme>://``: measures small, rtt and
+    large as :class:`wiremsg.Master` on loopback."""
+
+    async def server(reactor: Any, params: dict[str, Any], ready: Callable[..., None]) -> Any:
+        from twisted.internet.defer import DeferredList
+
+        from wiremsg import Master
+
+        master = Master({WORKER_NAME: SECRET}, reactor=reactor)
+        sink = Sink(reactor)
+        master.on("update", sink.hit)
+        tests = params["tests"]
+        result: dict[str, Any] = {}
+        try:
+            listener = await master.listen(f"{scheme}://{LOOPBACK}:0")
+            ready({"port": listener.address.port})
+            peer = await master.wait_for_worker(WORKER_NAME, timeout=QUIET_TIMEOUT)
+            session = peer._driver.session  # private, read for the record only
+            result["codec"] = session._codec.name
+            if result["codec"] != codec:
+                raise RuntimeError(f"negotiated {result['codec']}, wanted {codec}")
+            units = count_units(peer._driver.link)
+            if "small" in tests:
+                before = units[1]() if units else 0
+                n, size = params["small_count"], params["small_size"]
+                spec = {"test": "small", "count": n, "size": size}
+                run = await sink.run(n, params["small_warmup"], lambda: peer.send("bench", spec))
+                result.update(one_way_figures("small", run, size))
+                result["msgs_per_s"] = result["small_msgs_per_s"]
+                if units is not None:
+                    figure, count = units
+                    result[figure] = round(n / max(count() - before, 1), 1)
+            if "rtt" in tests:
+                body = {"data": text(params["rtt_size"])}
+                reply = await peer.request("echo", body)
+                if reply.body != body:
+                    raise RuntimeError("echo returned something else")
+                result.update(
+                    await measure_rtt(
+                        lambda: peer.request("echo", body),
+                        params["rtt_samples"],
+                        params["rtt_warmup"],
+                    )
+                )
+            if "large" in tests:
+                n, size = params["large_count"], params["large_size"]
+                spec = {"test": "large", "count": n, "size": size}
+                run = await sink.run(n, params["large_warmup"], lambda: peer.send("bench", spec))
+                result.update(one_way_figures("large", run, size))
+            result["strays"] = sink.strays
+            lost = peer.when_lost()
+            lost.addTimeout(QUIET_TIMEOUT, reactor)
+            peer.send("quit")
+            await DeferredList([lost], consumeErrors=True)
+        finally:
+            await master.stop()
+        return result
+
+    return server
+
+
+def wiremsg_client(scheme: str, codec: str) -> ClientMain:
+    """The worker side of ``wiremsg_<codec>`` over ``<scheme>://``: echoes, and produces the
+    one-way messages the master asks for."""
+
+    async def client(reactor: Any, params: dict[str, Any], ready: dict[str, Any]) -> None:
+        from twisted.internet.defer import Deferred, ensureDeferred
+
+        from wiremsg import Worker
+
+        worker = Worker(
+            WORKER_NAME,
+            SECRET,
+            [f"{scheme}://{LOOPBACK}:{ready['port']}"],
+            reactor=reactor,
+            session_options={"codecs": (codec,)},
+        )
+
+        async def produce(spec: dict[str, Any]) -> None:
+            # The idiomatic producer: send while writable, else wait for when_writable().
+            key = "line" if spec["test"] == "small" else "data"
+            payload = text(spec["size"])
+            send = worker.send
+            busy = Busy()
+            for _ in range(spec["count"]):
+                if not worker.writable:
+                    await worker.when_writable()
+                send("update", {key: payload})
+            report(**{f"{spec['test']}_sender_cpu": busy.utilisation()})
+
+        def bench(msg: Any) -> None:
+            def go() -> None:
+                ensureDeferred(produce(msg.body)).addErrback(log_failure("producer"))
+
+            reactor.callLater(0, go)  # not from inside the receive path
+
+        quit_: Deferred[None] = Deferred()
+        worker.on("echo", lambda msg: msg.body)
+        worker.on("bench", bench)
+        worker.on("quit", lambda msg: None if quit_.called else quit_.callback(None))
+        await worker.start()
+        await quit_
+        await worker.stop(drain_timeout=QUIET_TIMEOUT)
+
+    return client
+
+
+# -- a benchmark script's orchestrator and command line ---------------------------------------
+
+
+@dataclass
+class Benchmark:
+    """What distinguishes one benchmark script; :func:`main` does the rest."""
+
+    name: str
+    """``benchmark`` in the JSON line, and the progress lines' label."""
+    script: str
+    """The script's path, re-invoked for the children."""
+    description: str
+    impls: tuple[str, ...]
+    """Every implementation measured, in the first round's order."""
+    tests: tuple[str, ...]
+    default_params: dict[str, Any]
+    quick_params: dict[str, Any]
+    default_rounds: int
+    pair_timeout: float
+    quick_pair_timeout: float
+    targets: dict[str, tuple[str, float]]
+    """Target → (comparison, bound) on the matching ``ratio_*`` figure."""
+    ratios: Callable[[dict[str, list[dict[str, Any]]]], dict[str, Any]]
+    """The ``ratio_*`` figures from each implementation's per-round results."""
+    implementations: Callable[[], tuple[dict[str, ServerMain], dict[str, ClientMain]]]
+    per_round: tuple[str, ...] = ("msgs_per_s", "rtt_p50_us", "rtt_p99_us", "large_mb_per_s")
+    """Figures also listed per round (as ``<key>_rounds``) when there are several."""
+    environment: Callable[[], dict[str, Any]] = environment
+    target_suffixes: tuple[str, ...] = ("", "_msgpack")
+
+
+def orchestrate(bench: Benchmark, args: argparse.Namespace) -> int:
+    """Run every implementation ``rounds`` times in rotating order and emit the one JSON line."""
+    started = time.monotonic()
+    params = dict(bench.quick_params if args.quick else bench.default_params)
+    if args.tests:
+        params["tests"] = [t for t in args.tests.split(",") if t]
+        unknown = set(params["tests"]) - set(bench.tests)
+        if unknown:
+            raise SystemExit(f"unknown tests: {', '.join(sorted(unknown))}")
+    impls = [i for i in (args.only.split(",") if args.only else bench.impls) if i]
+    unknown = set(impls) - set(bench.impls)
+    if unknown:
+        raise SystemExit(f"unknown implementations: {', '.join(sorted(unknown))}")
+    rounds = args.rounds or (1 if args.quick else bench.default_rounds)
+    timeout = bench.quick_pair_timeout if args.quick else bench.pair_timeout
+    extra = ["--profile-dir", args.profile_dir] if args.profile_dir else []
+    env = bench.environment()
+    progress(
+        f"{bench.name} benchmark: {len(impls)} implementations x {rounds} rounds, "
+        f"{env['cpus']} CPUs, {'pinned' if env['pinned'] else 'NOT pinned'}"
+    )
+    results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    figures: dict[str, Any] = {"benchmark": bench.name, "quick": args.quick, "rounds": rounds}
+    try:
+        for r in range(rounds):
+            order = impls[r % len(impls) :] + impls[: r % len(impls)]
+            for impl in order:
+                progress(f"round {r + 1}/{rounds}: {impl} ...")
+                t0 = time.monotonic()
+                result = run_pair(os.path.abspath(bench.script), impl, params, timeout, extra)
+                results[impl].append(result)
+                shown = ", ".join(
+                    f"{k}={result[k]}"
+                    for k in ("msgs_per_s", "rtt_p50_us", "large_mb_per_s")
+                    if k in result
+                )
+                progress(f"round {r + 1}/{rounds}: {impl}: {shown} ({time.monotonic() - t0:.1f}s)")
+    except BenchError as exc:
+        progress(f"FAILED: {exc}")
+        emit({"benchmark": bench.name, "error": str(exc)})
+        return 1
+    for impl in impls:
+        figures[impl] = summarise(results[impl], bench.per_round)
+    figures.update(bench.ratios(results))
+    figures["targets"] = {name: f"{op} {bound}" for name, (op, bound) in bench.targets.items()}
+    figures["targets_met"] = check_targets(figures, bench.targets, bench.target_suffixes)
+    figures["params"] = params
+    figures["env"] = env
+    figures["elapsed_s"] = round(time.monotonic() - started, 1)
+    emit(figures)
+    progress(f"done in {figures['elapsed_s']}s; targets met: {figures['targets_met']}")
+    return 0
+
+
+def main(bench: Benchmark, argv: list[str] | None = None) -> int:
+    """The script's command line: a child when given ``--role``, else the orchestrator."""
+    parser = argparse.ArgumentParser(description=bench.description)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (smoke)")
+    parser.add_argument(
+        "--rounds", type=int, help=f"rounds (default {bench.default_rounds}; 1 quick)"
+    )
+    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(bench.impls)}")
+    parser.add_argument("--tests", help=f"comma-separated subset of: {', '.join(bench.tests)}")
+    add_child_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.role:
+        servers, clients = bench.implementations()
+        return child_main(args, servers, clients)
+    install_exit_on_sigterm()
+    try:
+        return orchestrate(bench, args)
+    except KeyboardInterrupt:  # the children are already reaped (run_pair's finally)
+        progress("interrupted")
+        return 130

@@ -44,14 +44,20 @@ for _entry in [p for p in sys.path if os.path.abspath(p or os.curdir) == _HERE]:
     sys.path.remove(_entry)
 sys.path.append(_HERE)
 
-import argparse  # noqa: E402
 import json  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import _common as common  # noqa: E402
-from _common import LOOPBACK, Busy, Sink, measure_rtt, one_way_figures, progress, text  # noqa: E402
+from _common import (  # noqa: E402
+    LOOPBACK,
+    QUIET_TIMEOUT,
+    Busy,
+    Sink,
+    measure_rtt,
+    one_way_figures,
+    text,
+)
 
 BENCHMARK = "zmq"
 IMPLS = ("wiremsg_json", "wiremsg_msgpack", "raw_zmq")
@@ -90,10 +96,6 @@ TARGETS = {
 }
 """Target → (comparison, bound) on the matching ``ratio_*`` figure."""
 
-SECRET = "bench-secret"
-WORKER_NAME = "bench"
-QUIET_TIMEOUT = 15.0
-"""Seconds the master waits for the worker to attach, or to leave at the end."""
 RAW_READ_BUDGET = 4096
 """Raw pair: messages read per wakeup before the reactor gets a turn (as the backend does)."""
 RAW_RETRY = 0.05
@@ -102,14 +104,6 @@ seconds, in case no change is signalled; ``<test>_sender_rescues`` counts the re
 found ``POLLOUT`` (a lost wake-up; expected 0)."""
 RAW_CLOSE_LINGER_MS = 200
 """Raw pair: LINGER of the worker's socket, so that its last message gets out."""
-
-
-def _log_failure(what: str) -> Callable[[Any], None]:
-    def log(failure: Any) -> None:
-        progress(f"{what} failed: {failure.getErrorMessage()}")
-        sys.stderr.write(failure.getTraceback())
-
-    return log
 
 
 # -- wiremsg --------------------------------------------------------------------------------
@@ -131,105 +125,9 @@ def _count_batches(link: Any) -> Callable[[], int] | None:
     return lambda: seen[0]
 
 
-def _wiremsg_server(codec: str) -> common.ServerMain:
-    async def server(reactor: Any, params: dict[str, Any], ready: Callable[..., None]) -> Any:
-        from twisted.internet.defer import DeferredList
-
-        from wiremsg import Master
-
-        master = Master({WORKER_NAME: SECRET}, reactor=reactor)
-        sink = Sink(reactor)
-        master.on("update", sink.hit)
-        tests = params["tests"]
-        result: dict[str, Any] = {}
-        try:
-            listener = await master.listen(f"zmq://{LOOPBACK}:0")
-            ready({"port": listener.address.port})
-            peer = await master.wait_for_worker(WORKER_NAME, timeout=QUIET_TIMEOUT)
-            session = peer._driver.session  # private, read for the record only
-            result["codec"] = session._codec.name
-            if result["codec"] != codec:
-                raise RuntimeError(f"negotiated {result['codec']}, wanted {codec}")
-            batches = _count_batches(peer._driver.link)
-            if "small" in tests:
-                before = batches() if batches else 0
-                n, size = params["small_count"], params["small_size"]
-                spec = {"test": "small", "count": n, "size": size}
-                run = await sink.run(n, params["small_warmup"], lambda: peer.send("bench", spec))
-                result.update(one_way_figures("small", run, size))
-                result["msgs_per_s"] = result["small_msgs_per_s"]
-                if batches is not None:
-                    result["small_msgs_per_batch"] = round(n / max(batches() - before, 1), 1)
-            if "rtt" in tests:
-                body = {"data": text(params["rtt_size"])}
-                reply = await peer.request("echo", body)
-                if reply.body != body:
-                    raise RuntimeError("echo returned something else")
-                result.update(
-                    await measure_rtt(
-                        lambda: peer.request("echo", body),
-                        params["rtt_samples"],
-                        params["rtt_warmup"],
-                    )
-                )
-            if "large" in tests:
-                n, size = params["large_count"], params["large_size"]
-                spec = {"test": "large", "count": n, "size": size}
-                run = await sink.run(n, params["large_warmup"], lambda: peer.send("bench", spec))
-                result.update(one_way_figures("large", run, size))
-            result["strays"] = sink.strays
-            lost = peer.when_lost()
-            lost.addTimeout(QUIET_TIMEOUT, reactor)
-            peer.send("quit")
-            await DeferredList([lost], consumeErrors=True)
-        finally:
-            await master.stop()
-        return result
-
-    return server
-
-
-def _wiremsg_client(codec: str) -> common.ClientMain:
-    async def client(reactor: Any, params: dict[str, Any], ready: dict[str, Any]) -> None:
-        from twisted.internet.defer import Deferred, ensureDeferred
-
-        from wiremsg import Worker
-
-        worker = Worker(
-            WORKER_NAME,
-            SECRET,
-            [f"zmq://{LOOPBACK}:{ready['port']}"],
-            reactor=reactor,
-            session_options={"codecs": (codec,)},
-        )
-
-        async def produce(spec: dict[str, Any]) -> None:
-            # The idiomatic producer: send while writable, else wait for when_writable().
-            key = "line" if spec["test"] == "small" else "data"
-            payload = text(spec["size"])
-            send = worker.send
-            busy = Busy()
-            for _ in range(spec["count"]):
-                if not worker.writable:
-                    await worker.when_writable()
-                send("update", {key: payload})
-            common.report(**{f"{spec['test']}_sender_cpu": busy.utilisation()})
-
-        def bench(msg: Any) -> None:
-            def go() -> None:
-                ensureDeferred(produce(msg.body)).addErrback(_log_failure("producer"))
-
-            reactor.callLater(0, go)  # not from inside the receive path
-
-        quit_: Deferred[None] = Deferred()
-        worker.on("echo", lambda msg: msg.body)
-        worker.on("bench", bench)
-        worker.on("quit", lambda msg: None if quit_.called else quit_.callback(None))
-        await worker.start()
-        await quit_
-        await worker.stop(drain_timeout=QUIET_TIMEOUT)
-
-    return client
+def _batches(link: Any) -> tuple[str, Callable[[], int]] | None:
+    count = _count_batches(link)
+    return None if count is None else ("small_msgs_per_batch", count)
 
 
 # -- raw pyzmq on the reactor ---------------------------------------------------------------
@@ -487,21 +385,19 @@ def _raw_zmq() -> tuple[common.ServerMain, common.ClientMain]:
 def _implementations() -> tuple[dict[str, common.ServerMain], dict[str, common.ClientMain]]:
     raw_server, raw_client = _raw_zmq()
     servers: dict[str, common.ServerMain] = {
-        "wiremsg_json": _wiremsg_server("json"),
-        "wiremsg_msgpack": _wiremsg_server("msgpack"),
+        "wiremsg_json": common.wiremsg_server("zmq", "json", _batches),
+        "wiremsg_msgpack": common.wiremsg_server("zmq", "msgpack", _batches),
         "raw_zmq": raw_server,
     }
     clients: dict[str, common.ClientMain] = {
-        "wiremsg_json": _wiremsg_client("json"),
-        "wiremsg_msgpack": _wiremsg_client("msgpack"),
+        "wiremsg_json": common.wiremsg_client("zmq", "json"),
+        "wiremsg_msgpack": common.wiremsg_client("zmq", "msgpack"),
         "raw_zmq": raw_client,
     }
     return servers, clients
 
 
 # -- the orchestrator ------------------------------------------------------------------------
-
-_PER_ROUND = ("msgs_per_s", "rtt_p50_us", "rtt_p99_us", "large_mb_per_s")
 
 
 def ratios(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -522,81 +418,35 @@ def ratios(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-def orchestrate(args: argparse.Namespace) -> int:
+def environment() -> dict[str, Any]:
+    """The shared facts plus the pyzmq and libzmq versions."""
     import zmq
 
-    started = time.monotonic()
-    params = dict(QUICK_PARAMS if args.quick else DEFAULT_PARAMS)
-    if args.tests:
-        params["tests"] = [t for t in args.tests.split(",") if t]
-        unknown = set(params["tests"]) - set(TESTS)
-        if unknown:
-            raise SystemExit(f"unknown tests: {', '.join(sorted(unknown))}")
-    impls = [i for i in (args.only.split(",") if args.only else IMPLS) if i]
-    unknown = set(impls) - set(IMPLS)
-    if unknown:
-        raise SystemExit(f"unknown implementations: {', '.join(sorted(unknown))}")
-    rounds = args.rounds or (1 if args.quick else DEFAULT_ROUNDS)
-    timeout = QUICK_PAIR_TIMEOUT if args.quick else PAIR_TIMEOUT
-    extra = ["--profile-dir", args.profile_dir] if args.profile_dir else []
     env = common.environment()
     env.update(pyzmq=zmq.pyzmq_version(), libzmq=zmq.zmq_version())
-    progress(
-        f"zmq benchmark: {len(impls)} implementations x {rounds} rounds, "
-        f"{env['cpus']} CPUs, {'pinned' if env['pinned'] else 'NOT pinned'}"
-    )
-    results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
-    figures: dict[str, Any] = {"benchmark": BENCHMARK, "quick": args.quick, "rounds": rounds}
-    try:
-        for r in range(rounds):
-            order = impls[r % len(impls) :] + impls[: r % len(impls)]
-            for impl in order:
-                progress(f"round {r + 1}/{rounds}: {impl} ...")
-                t0 = time.monotonic()
-                result = common.run_pair(os.path.abspath(__file__), impl, params, timeout, extra)
-                results[impl].append(result)
-                shown = ", ".join(
-                    f"{k}={result[k]}"
-                    for k in ("msgs_per_s", "rtt_p50_us", "large_mb_per_s")
-                    if k in result
-                )
-                progress(f"round {r + 1}/{rounds}: {impl}: {shown} ({time.monotonic() - t0:.1f}s)")
-    except common.BenchError as exc:
-        progress(f"FAILED: {exc}")
-        common.emit({"benchmark": BENCHMARK, "error": str(exc)})
-        return 1
-    for impl in impls:
-        figures[impl] = common.summarise(results[impl], _PER_ROUND)
-    figures.update(ratios(results))
-    figures["targets"] = {name: f"{op} {bound}" for name, (op, bound) in TARGETS.items()}
-    figures["targets_met"] = common.check_targets(figures, TARGETS, ("", "_msgpack"))
-    figures["params"] = params
-    figures["env"] = env
-    figures["elapsed_s"] = round(time.monotonic() - started, 1)
-    common.emit(figures)
-    progress(f"done in {figures['elapsed_s']}s; targets met: {figures['targets_met']}")
-    return 0
+    return env
+
+
+BENCH = common.Benchmark(
+    name=BENCHMARK,
+    script=__file__,
+    description="wiremsg over ZeroMQ vs raw pyzmq on the reactor; one JSON line on stdout.",
+    impls=IMPLS,
+    tests=TESTS,
+    default_params=DEFAULT_PARAMS,
+    quick_params=QUICK_PARAMS,
+    default_rounds=DEFAULT_ROUNDS,
+    pair_timeout=PAIR_TIMEOUT,
+    quick_pair_timeout=QUICK_PAIR_TIMEOUT,
+    targets=TARGETS,
+    ratios=ratios,
+    implementations=_implementations,
+    environment=environment,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="wiremsg over ZeroMQ vs raw pyzmq on the reactor; one JSON line on stdout."
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (smoke)")
-    parser.add_argument("--rounds", type=int, help=f"rounds (default {DEFAULT_ROUNDS}; 1 quick)")
-    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(IMPLS)}")
-    parser.add_argument("--tests", help=f"comma-separated subset of: {', '.join(TESTS)}")
-    common.add_child_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.role:
-        servers, clients = _implementations()
-        return common.child_main(args, servers, clients)
-    common.install_exit_on_sigterm()
-    try:
-        return orchestrate(args)
-    except KeyboardInterrupt:  # the children are already reaped (run_pair's finally)
-        progress("interrupted")
-        return 130
+    return common.main(BENCH, argv)
 
 
 if __name__ == "__main__":
