@@ -1852,3 +1852,23 @@ def test_a_rejected_worker_forgets_its_resume_token() -> None:
     assert w.state is State.DETACHED
     w.connection_made()
     assert decode(w.take_frames()[0])["resume"] is None
+
+
+def test_next_deadline_when_open_is_the_earliest_of_heartbeat_ack_and_requests() -> None:
+    pair = SessionPair()
+    worker = pair.worker
+    now = pair.clock.seconds()
+    assert worker.next_deadline() == now + worker.heartbeat
+    worker.request("slow", {}, timeout=None)  # no deadline of its own
+    assert worker.next_deadline() == now + worker.heartbeat
+    worker.request("quick", {}, timeout=0.5)
+    assert worker.next_deadline() == now + 0.5
+
+
+def test_next_deadline_is_the_dead_peer_time_when_we_keep_sending_to_a_silent_peer() -> None:
+    pair = SessionPair()
+    worker = pair.worker
+    heard_at = pair.clock.seconds()
+    pair.clock.advance(worker.heartbeat * 2.5)  # nothing received since the handshake
+    worker.send("n", {})  # ... but we just sent: the heartbeat is not due
+    assert worker.next_deadline() == heard_at + worker.heartbeat * worker.dead_after
