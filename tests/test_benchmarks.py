@@ -62,15 +62,20 @@ def _run_quick(script: Path = SCRIPT, timeout: float = TIMEOUT) -> tuple[int, st
     return proc.returncode, out, err
 
 
-@pytest.fixture(scope="module")
-def report() -> dict[str, Any]:
-    code, out, err = _run_quick()
+def _one_json_line(*args: Any) -> dict[str, Any]:
+    """Run a benchmark with ``--quick``; it must succeed and print exactly one JSON object."""
+    code, out, err = _run_quick(*args)
     assert code == 0, err[-3000:]
     lines = out.splitlines()
     assert len(lines) == 1, f"stdout must be exactly one line, got {len(lines)}"
     parsed = json.loads(lines[0])
     assert isinstance(parsed, dict)
     return parsed
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    return _one_json_line()
 
 
 def test_one_json_line_with_every_implementation(report: dict[str, Any]) -> None:
@@ -125,13 +130,7 @@ ZMQ_TARGETS = (
 @pytest.fixture(scope="module")
 def zmq_report() -> dict[str, Any]:
     pytest.importorskip("zmq")
-    code, out, err = _run_quick(ZMQ_SCRIPT, ZMQ_TIMEOUT)
-    assert code == 0, err[-3000:]
-    lines = out.splitlines()
-    assert len(lines) == 1, f"stdout must be exactly one line, got {len(lines)}"
-    parsed = json.loads(lines[0])
-    assert isinstance(parsed, dict)
-    return parsed
+    return _one_json_line(ZMQ_SCRIPT, ZMQ_TIMEOUT)
 
 
 def test_zmq_one_json_line_with_every_implementation(zmq_report: dict[str, Any]) -> None:
