@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from wiremsg.errors import Timeout, WiremsgError
 from wiremsg.master import Master, Peer
 from wiremsg.message import Message
+from wiremsg.vocabulary import COMPLETE, INTERRUPT, START_COMMAND, UPDATE
 
 log = Logger()
 
@@ -56,7 +57,7 @@ class RemoteCommand:
         """Ask the worker to interrupt the command (it kills the process group); the command
         then completes with the signal's exit code. Fires with the worker's answer."""
         return self.peer.request(
-            "interrupt", {"command_id": self.command_id, "why": why}, timeout=START_TIMEOUT
+            INTERRUPT, {"command_id": self.command_id, "why": why}, timeout=START_TIMEOUT
         )
 
     def _finish(self, rc: int | None, failure: Mapping[str, Any] | None) -> None:
@@ -84,8 +85,8 @@ class CommandTracker:
     def __init__(self, master: Master) -> None:
         self.master = master
         self._commands: dict[str, RemoteCommand] = {}
-        master.on("update", self._update)
-        master.on("complete", self._complete)
+        master.on(UPDATE, self._update)
+        master.on(COMPLETE, self._complete)
 
     def start(
         self, peer: Peer, args: Mapping[str, Any], on_update: UpdateHandler, command: str = "shell"
@@ -96,7 +97,7 @@ class CommandTracker:
         self._commands[command_id] = cmd
         cmd.done.addBoth(self._forget, command_id)
         started = peer.request(
-            "start_command",
+            START_COMMAND,
             {"command_id": command_id, "command": command, "args": dict(args)},
             timeout=START_TIMEOUT,
         )

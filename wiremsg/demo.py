@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from wiremsg.commands import CommandTracker
 from wiremsg.master import Master
+from wiremsg.vocabulary import SHUTDOWN, WORKER_INFO
 
 BUILD = r"""
 import sys, time
@@ -127,7 +128,7 @@ async def run_demo(reactor: Any, out: TextIO, backend: str = "amp") -> int:
         rtts = []
         for _ in range(5):
             t0 = time.perf_counter()
-            await peer.request("worker_info", {}, timeout=5)
+            await peer.request(WORKER_INFO, {}, timeout=5)
             rtts.append(time.perf_counter() - t0)
         stats = peer.stats
         out.write(
@@ -138,7 +139,7 @@ async def run_demo(reactor: Any, out: TextIO, backend: str = "amp") -> int:
             f"elapsed {time.monotonic() - started:.2f}s\n"
         )
         if child is not None:
-            await peer.request("shutdown", {}, timeout=5)
+            await peer.request(SHUTDOWN, {}, timeout=5)
         return int(rc)
     finally:
         if agent is not None:

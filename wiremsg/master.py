@@ -410,7 +410,7 @@ class Master:
         driver.stop_timer()
         peer = self._by_driver.pop(driver, None)
         if peer is None:
-            if self._handshaking.pop(driver, None) is not None and event.code != "shutdown":
+            if self._handshaking.pop(driver, None) is not None and event.code != wire.SHUTDOWN:
                 self.refused += 1
                 log.warn(
                     "refused link from {peer}: {code}: {reason}",
