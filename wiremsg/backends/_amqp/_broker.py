@@ -1,0 +1,583 @@
+"""The broker side of the AMQP backend: addresses, connections and channels, over pika.
+
+This is the only module of the backend that imports pika, and it uses pika's Twisted adapter
+(``TwistedProtocolConnection``) through three small objects, so that moving to another client
+later (pika's thread-based connection, aio-pika) touches this file alone:
+
+:class:`BrokerOptions`
+    What an ``amqp://`` / ``amqps://`` address says: broker, vhost, credentials, TLS, the
+    ``prefix`` naming the exchange and queues, heartbeat and prefetch.
+:func:`open_connection` → :class:`BrokerConnection`
+    TCP (or TLS) to the broker and the AMQP handshake, bounded by a timeout and cancellable;
+    a failure is a :class:`~wiremsg.errors.ConnectFailed` naming the broker's own reason (pika's
+    Twisted adapter reports every handshake failure as ``ConnectionDone``; the reason is
+    recovered here, see PITFALLS (c)). ``on_lost`` tells, once, why an open connection ended.
+:class:`BrokerChannel`
+    One channel in confirm mode: declare, publish (``mandatory``; the Deferred fails with
+    :class:`PublishFailed` when the broker returns or refuses the message) and consume with a
+    plain callback (messages are acknowledged in bulk once the ones that arrived together are
+    handled).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+from pika import exceptions as pika_errors
+from pika.adapters.twisted_connection import TwistedProtocolConnection
+from twisted.internet import endpoints, ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wiremsg.address import Address
+from wiremsg.errors import AddressError, ConnectFailed
+
+__all__ = [
+    "BrokerChannel",
+    "BrokerConnection",
+    "BrokerOptions",
+    "PublishFailed",
+    "open_connection",
+    "parse_options",
+]
+
+_log = Logger()
+
+# pika logs returned messages and lost connections as warnings and errors; with no handler of
+# its own, Python's last-resort handler would print them on stderr. What matters reaches the
+# links as close reasons instead. An application that configures logging still sees them.
+logging.getLogger("pika").addHandler(logging.NullHandler())
+
+DEFAULT_PREFIX = "wiremsg"
+"""The ``prefix`` when the address has none."""
+DEFAULT_HEARTBEAT = 10
+"""AMQP heartbeat (seconds) asked of the broker: how soon a silent broker is noticed."""
+MAX_PREFETCH = 65535
+"""The largest ``prefetch`` AMQP can express (a short)."""
+CLOSE_TIMEOUT = 5.0
+"""Seconds an orderly connection close may take before the TCP connection is aborted."""
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_COMMON_PARAMS = frozenset({"prefix", "heartbeat", "prefetch"})
+_TLS_PARAMS = frozenset({"ca", "cert", "key", "sasl", "server_name"})
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    """What an AMQP address asks for.
+
+    :ivar prefix: names the exchange and every queue (several fleets share one broker).
+    :ivar heartbeat: AMQP heartbeat in seconds (0: none).
+    :ivar prefetch: unacknowledged deliveries a consumer may hold, or None for the backend's
+        default (aligned with the session window).
+    :ivar tls: ``amqps``: TLS to the broker.
+    :ivar ca: a PEM file of CA certificates to trust (default: the platform's).
+    :ivar cert: a PEM client certificate (and key, unless ``key`` is given).
+    :ivar key: the client certificate's PEM key.
+    :ivar external: log in with SASL EXTERNAL (the client certificate), not a password.
+    :ivar server_name: the name the broker's certificate must carry (default: the host).
+    """
+
+    host: str
+    port: int
+    vhost: str
+    user: str | None
+    password: str | None
+    prefix: str = DEFAULT_PREFIX
+    heartbeat: int = DEFAULT_HEARTBEAT
+    prefetch: int | None = None
+    tls: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    external: bool = False
+    server_name: str | None = None
+
+    @property
+    def broker(self) -> str:
+        """``host:port/vhost`` for messages and peer descriptions (no credentials)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}{self.vhost if self.vhost.startswith('/') else '/' + self.vhost}"
+
+
+def parse_options(addr: Address) -> BrokerOptions:
+    """Read an ``amqp://`` or ``amqps://`` address.
+
+    :raises AddressError: for another scheme, a tunnel, an unknown or malformed parameter.
+    """
+    url = addr.redacted()
+    if addr.scheme not in ("amqp", "amqps"):
+        why = "the amqp backend serves amqp://USER:PASS@HOST:PORT/VHOST and amqps://..."
+        raise AddressError("scheme", url, why)
+    params = dict(addr.params)
+    if "via" in params:
+        raise AddressError("via", url, "tunnel to the broker with TLS (amqps://) instead")
+    known = _COMMON_PARAMS | (_TLS_PARAMS if addr.scheme == "amqps" else frozenset())
+    unknown = sorted(set(params) - known)
+    if unknown:
+        why = f"unknown parameter {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        if set(unknown) & _TLS_PARAMS:
+            why += "; TLS parameters need amqps://"
+        raise AddressError("query", url, why)
+    prefix = params.get("prefix", DEFAULT_PREFIX)
+    if not _PREFIX_RE.match(prefix) or prefix.startswith("amq."):
+        why = f"prefix {prefix!r} must be 1-100 of A-Z a-z 0-9 _ . : - and not start with amq."
+        raise AddressError("query", url, why)
+    try:
+        heartbeat = int(params.get("heartbeat", DEFAULT_HEARTBEAT))
+        prefetch = int(params["prefetch"]) if "prefetch" in params else None
+        if not 0 <= heartbeat <= 65535:
+            raise ValueError("heartbeat must be 0-65535 seconds")
+        if prefetch is not None and not 1 <= prefetch <= MAX_PREFETCH:
+            raise ValueError(f"prefetch must be 1-{MAX_PREFETCH}")
+    except ValueError as exc:
+        raise AddressError("query", url, str(exc)) from None
+    sasl = params.get("sasl", "plain").lower()
+    if sasl not in ("plain", "external"):
+        raise AddressError("query", url, f"sasl must be plain or external, not {sasl!r}")
+    for name in ("ca", "cert", "key"):
+        if name in params and not Path(params[name]).is_file():
+            raise AddressError("query", url, f"{name}: no such file {params[name]!r}")
+    if "key" in params and "cert" not in params:
+        raise AddressError("query", url, "key needs cert")
+    if sasl == "external" and "cert" not in params:
+        raise AddressError("query", url, "sasl=external logs in with a client cert: give cert")
+    vhost = addr.path or "/"
+    vhost = vhost[1:] if vhost.startswith("/") and len(vhost) > 1 else vhost
+    return BrokerOptions(
+        host=addr.host,
+        port=addr.port or (5671 if addr.scheme == "amqps" else 5672),
+        vhost=vhost,
+        user=addr.user,
+        password=addr.password,
+        prefix=prefix,
+        heartbeat=heartbeat,
+        prefetch=prefetch,
+        tls=addr.scheme == "amqps",
+        ca=params.get("ca"),
+        cert=params.get("cert"),
+        key=params.get("key"),
+        external=sasl == "external",
+        server_name=params.get("server_name"),
+    )
+
+
+class PublishFailed(Exception):
+    """A published message did not reach a queue.
+
+    :ivar returned: True when the broker returned it (``mandatory``: no queue is bound to its
+        routing key, i.e. the addressee's queue is gone); False for a ``nack`` or a closed
+        channel.
+    """
+
+    def __init__(self, text: str, returned: bool) -> None:
+        super().__init__(text)
+        self.returned = returned
+
+
+def _describe_close(exc: BaseException | None) -> str:
+    """Words for why a connection or channel ended (pika or Twisted exception)."""
+    if isinstance(exc, pika_errors.ConnectionClosedByBroker | pika_errors.ChannelClosedByBroker):
+        return f"the broker closed it ({exc.reply_code} {exc.reply_text})"
+    if isinstance(exc, pika_errors.ConnectionClosedByClient | pika_errors.ChannelClosedByClient):
+        return "closed here"
+    if exc is None or isinstance(exc, ConnectionDone):
+        return "the broker connection closed"
+    return f"the broker connection was lost ({type(exc).__name__}: {exc})"
+
+
+class _Protocol(TwistedProtocolConnection):  # type: ignore[misc]
+    """pika's Twisted protocol, keeping the broker's reason for ending the handshake.
+
+    pika's adapter replaces that reason with ``ConnectionDone`` before anyone can see it (a
+    refused login looks like a closed socket); this subclass reads it back first.
+    """
+
+    broker_error: BaseException | None = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Note the broker's own close reason, then let pika handle the loss."""
+        error = getattr(getattr(self, "_impl", None), "_error", None)
+        if isinstance(error, pika_errors.ConnectionClosedByBroker):
+            self.broker_error = error
+        super().connectionLost(reason)
+
+
+def _tls_options(opts: BrokerOptions) -> Any:
+    trust: Any = None
+    if opts.ca is not None:
+        trust = ssl.Certificate.loadPEM(Path(opts.ca).read_bytes())
+    client: Any = None
+    if opts.cert is not None:
+        pem = Path(opts.cert).read_bytes()
+        if opts.key is not None:
+            pem += b"\n" + Path(opts.key).read_bytes()
+        client = ssl.PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]
+    return ssl.optionsForClientTLS(
+        opts.server_name or opts.host, trustRoot=trust, clientCertificate=client
+    )
+
+
+def _parameters(opts: BrokerOptions, name: str) -> Any:
+    credentials: Any
+    if opts.external:
+        credentials = pika.credentials.ExternalCredentials()
+    else:
+        credentials = pika.PlainCredentials(opts.user or "guest", opts.password or "guest")
+    return pika.ConnectionParameters(
+        virtual_host=opts.vhost,
+        credentials=credentials,
+        heartbeat=opts.heartbeat,
+        client_properties={"connection_name": name, "product": "wiremsg"},
+    )
+
+
+def open_connection(
+    reactor: Any, opts: BrokerOptions, timeout: float, name: str
+) -> Deferred[BrokerConnection]:
+    """Connect to the broker and log in, within ``timeout`` seconds.
+
+    :param name: the connection's name in the broker's management tools.
+    :returns: a Deferred of the open :class:`BrokerConnection`; it fails with
+        :class:`ConnectFailed` saying why (refused, timed out, TLS, login, vhost), and
+        cancelling it aborts the attempt and leaves nothing open.
+    """
+    where = f"the broker at {opts.broker}"
+    tcp = endpoints.TCP6ClientEndpoint if ":" in opts.host else endpoints.TCP4ClientEndpoint
+    endpoint: Any = tcp(reactor, opts.host, opts.port, timeout=timeout)
+    if opts.tls:
+        endpoint = endpoints.wrapClientTLS(_tls_options(opts), endpoint)
+    protocol = _Protocol(_parameters(opts, name), custom_reactor=reactor)
+    state = {"connected": False, "timed_out": False}
+
+    def stop(d: object = None) -> None:
+        # Never cancel pika's ``ready``: pika fires it itself when the connection goes.
+        if not connecting.called:
+            connecting.cancel()
+        elif protocol.transport is not None:
+            protocol.transport.abortConnection()
+
+    result: Deferred[BrokerConnection] = Deferred(stop)
+
+    def connected(_: object) -> None:
+        state["connected"] = True
+        ready = protocol.ready
+        assert ready is not None
+        ready.addCallbacks(opened, failed)
+
+    def opened(_: object) -> None:
+        if not result.called:
+            result.callback(BrokerConnection(reactor, protocol, opts))
+        elif protocol.transport is not None:  # abandoned meanwhile
+            protocol.transport.abortConnection()
+
+    def failed(failure: Failure) -> None:
+        if result.called:
+            return
+        exc = failure.value
+        if state["timed_out"]:
+            why = f"no answer within {timeout:g}s (timed out)"
+        elif protocol.broker_error is not None:
+            error = protocol.broker_error
+            code = getattr(error, "reply_code", 0)
+            text = getattr(error, "reply_text", str(error))
+            what = {403: "refused the login", 530: "refused the vhost"}.get(code, "refused us")
+            if code == 403 and opts.external:
+                what = "refused the SASL EXTERNAL login (client certificate)"
+            why = f"{what}: {code} {text}"
+        elif not state["connected"]:
+            why = f"no broker answers ({failure.getErrorMessage()})"
+        elif opts.tls and "SSL" in type(exc).__name__ + repr(exc):
+            why = f"the TLS handshake failed ({failure.getErrorMessage()})"
+        else:
+            why = (
+                "the broker closed the connection during the AMQP handshake (wrong user or "
+                f"password, no access to vhost {opts.vhost!r}, or not an AMQP 0-9-1 broker)"
+            )
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()
+        result.errback(ConnectFailed(f"cannot connect to {where}: {why}"))
+
+    def timed_out() -> None:
+        state["timed_out"] = True
+        stop()
+
+    connecting: Deferred[Any] = endpoints.connectProtocol(endpoint, protocol)  # type: ignore[no-untyped-call]
+    connecting.addCallbacks(connected, failed)
+    timer = reactor.callLater(timeout, timed_out)
+    result.addBoth(_cancel_timer, timer)
+    return result
+
+
+def _cancel_timer(result: Any, timer: Any) -> Any:
+    if timer.active():
+        timer.cancel()
+    return result
+
+
+class BrokerConnection:
+    """One open AMQP connection.
+
+    :ivar opts: the options it was opened with.
+    """
+
+    def __init__(self, reactor: Any, protocol: _Protocol, opts: BrokerOptions) -> None:
+        self.reactor = reactor
+        self.opts = opts
+        self._protocol = protocol
+        self._lost: str | None = None
+        self._listeners: list[Callable[[str], None]] = []
+        self._gone: list[Deferred[None]] = []
+        self._abort_call: Any = None
+        closed = protocol.closed
+        assert closed is not None
+        closed.addBoth(self._ended)
+
+    @property
+    def lost(self) -> str | None:
+        """Why the connection ended, or None while it is open."""
+        return self._lost
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(why)`` once when the connection ends (at once if it has)."""
+        if self._lost is not None:
+            callback(self._lost)
+        else:
+            self._listeners.append(callback)
+
+    def _ended(self, result: Any) -> None:
+        exc = result.value if isinstance(result, Failure) else result
+        self._lost = _describe_close(exc)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        listeners, self._listeners = self._listeners, []
+        for callback in listeners:
+            try:
+                callback(self._lost)
+            except Exception:
+                _log.failure("a broker connection-loss handler failed")
+        gone, self._gone = self._gone, []
+        for d in gone:
+            d.callback(None)
+
+    def channel(self) -> Deferred[BrokerChannel]:
+        """Open a channel in publisher-confirm mode.
+
+        :returns: a Deferred of the :class:`BrokerChannel`; fails if the connection ends first.
+        """
+
+        async def open_channel() -> BrokerChannel:
+            channel = await self._protocol.channel()
+            await channel.confirm_delivery()
+            return BrokerChannel(channel, self.opts.prefix)
+
+        return Deferred.fromCoroutine(open_channel())
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> Deferred[None]:
+        """Close in order (the broker confirms), aborting after ``timeout`` seconds.
+
+        :returns: a Deferred that fires once the TCP connection is gone. Never fails.
+        """
+        d: Deferred[None] = Deferred()
+        if self._lost is not None:
+            d.callback(None)
+            return d
+        self._gone.append(d)
+        if self._abort_call is None:
+            self._abort_call = self.reactor.callLater(timeout, self.abort)
+            try:
+                self._protocol.close()
+            except pika_errors.AMQPError:
+                self.abort()
+        return d
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once (the loss is reported as usual)."""
+        transport = self._protocol.transport
+        if transport is not None and self._lost is None:
+            transport.abortConnection()
+
+
+class BrokerChannel:
+    """A channel in confirm mode, publishing to the ``prefix`` exchange."""
+
+    def __init__(self, channel: Any, exchange: str) -> None:
+        self._channel = channel
+        self.exchange = exchange
+        self._closed: str | None = None
+        channel.on_closed.addBoth(self._channel_closed)
+
+    def _channel_closed(self, result: Any) -> None:
+        exc = result.value if isinstance(result, Failure) else result
+        self._closed = _describe_close(exc)
+
+    @property
+    def closed(self) -> str | None:
+        """Why the channel closed, or None while it is open."""
+        return self._closed
+
+    async def declare(
+        self,
+        queue: str,
+        *,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        bind: str | None = None,
+    ) -> None:
+        """Declare ``queue`` (and the exchange), and bind it with routing key ``bind``."""
+        await self._channel.exchange_declare(self.exchange, exchange_type="direct", durable=True)
+        await self._channel.queue_declare(
+            queue, durable=durable, exclusive=exclusive, auto_delete=auto_delete
+        )
+        if bind is not None:
+            await self._channel.queue_bind(queue, self.exchange, routing_key=bind)
+
+    async def consumers(self, queue: str) -> int | None:
+        """How many consumers ``queue`` has, or None if it does not exist (which closes this
+        channel: the broker answers a passive declare of a missing queue with an error)."""
+        try:
+            frame = await self._channel.queue_declare(queue, passive=True)
+        except pika_errors.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return None
+            raise
+        count: int = frame.method.consumer_count
+        return count
+
+    def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        link_id: str,
+        reply_to: str,
+        expiration_ms: int | None = None,
+    ) -> Deferred[None]:
+        """Publish ``body`` with ``mandatory`` set; fires once the broker confirms it.
+
+        :returns: a Deferred that fails with :class:`PublishFailed` if the broker returns the
+            message (no queue for ``routing_key``), refuses it, or the channel closes first.
+        """
+        properties = pika.BasicProperties(
+            correlation_id=link_id,
+            reply_to=reply_to,
+            expiration=None if expiration_ms is None else str(expiration_ms),
+        )
+        try:
+            d: Deferred[Any] = self._channel.basic_publish(
+                self.exchange, routing_key, body, properties, mandatory=True
+            )
+        except pika_errors.AMQPError as exc:  # the channel or connection is closing
+            d = Deferred()
+            d.errback(exc)
+        return d.addCallbacks(_confirmed, _publish_failure)
+
+    async def consume(
+        self,
+        queue: str,
+        prefetch: int,
+        on_message: Callable[[str, str, bytes], None],
+        on_end: Callable[[str], None],
+    ) -> str:
+        """Consume ``queue``, at most ``prefetch`` unacknowledged deliveries at a time.
+
+        ``on_message(link_id, reply_to, body)`` is called for each message, in order; the
+        messages that arrived together are acknowledged (in one ``basic.ack``) after they are
+        handled. ``on_end(why)`` is called once when the consumer ends (cancelled, channel or
+        connection closed). :returns: the consumer tag.
+        """
+        await self._channel.basic_qos(prefetch_count=prefetch)
+        queue_obj, tag = await self._channel.basic_consume(queue, auto_ack=False)
+        _Consumer(self._channel, queue_obj, on_message, on_end).pull()
+        return str(tag)
+
+    async def cancel(self, tag: str) -> None:
+        """Stop the consumer ``tag`` (its ``on_end`` is called)."""
+        await self._channel.basic_cancel(tag)
+
+
+def _confirmed(_: object) -> None:
+    return None
+
+
+def _publish_failure(failure: Failure) -> Failure:
+    exc = failure.value
+    if isinstance(exc, pika_errors.UnroutableError):
+        text = "the broker returned a message: no queue takes its routing key"
+        raise PublishFailed(text, returned=True)
+    if isinstance(exc, pika_errors.NackError):
+        raise PublishFailed("the broker refused a message (nack)", returned=False)
+    raise PublishFailed(_describe_close(exc), returned=False)
+
+
+class _Consumer:
+    """Pulls a pika consumer's queue without one reactor turn per message."""
+
+    def __init__(
+        self,
+        channel: Any,
+        queue: Any,
+        on_message: Callable[[str, str, bytes], None],
+        on_end: Callable[[str], None],
+    ) -> None:
+        self._channel, self._queue = channel, queue
+        self._on_message, self._on_end = on_message, on_end
+
+    def pull(self) -> None:
+        """Handle every message already there, ack them, then wait for the next."""
+        last_tag = 0
+        while True:
+            if self._queue.closed:
+                self._end(self._queue.closed)
+                return
+            d = self._queue.get()
+            if not d.called:  # nothing waiting: ack what was handled, then wait
+                self._ack(last_tag)
+                d.addBoth(self._arrived)
+                return
+            box: list[Any] = []
+            d.addBoth(box.append)  # it has fired: this runs now
+            item = box[0]
+            if isinstance(item, Failure):
+                self._ack(last_tag)
+                self._end(item.value)
+                return
+            last_tag = self._handle(item)
+
+    def _arrived(self, item: Any) -> None:
+        if isinstance(item, Failure):
+            self._end(item.value)
+            return
+        self._ack(self._handle(item))
+        self.pull()
+
+    def _handle(self, item: Any) -> int:
+        props = item.properties
+        try:
+            self._on_message(props.correlation_id or "", props.reply_to or "", item.body or b"")
+        except Exception:
+            _log.failure("handling an AMQP message failed")
+        tag: int = item.method.delivery_tag
+        return tag
+
+    def _ack(self, tag: int) -> None:
+        if tag and self._channel.is_open:
+            try:
+                self._channel.basic_ack(tag, multiple=True)
+            except pika_errors.AMQPError:
+                pass  # the channel is closing; its end is reported
+
+    def _end(self, exc: BaseException | None) -> None:
+        if isinstance(exc, pika_errors.ConsumerCancelled):
+            why = "the consumer was cancelled"
+        else:
+            why = _describe_close(exc)
+        self._on_end(why)
