@@ -4,209 +4,44 @@ killed at the end."""
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-WORKERS = {f"w{n}": f"secret-{n}" for n in range(1, 8)}
+from tests.broker import broker_url, delete_topology, new_prefix
+from tests.procs import Cluster, CuttingProxy, py
+
 TAGS = {"w1": "linux,fast", "w2": "linux", "w3": "bsd"}
-WAIT = 30.0
 
-
-class Proc:
-    """A child process whose stdout lines are read by a thread (so reads can time out)."""
-
-    def __init__(
-        self, argv: list[str], env: dict[str, str] | None = None, stderr_path: Path | None = None
-    ) -> None:
-        self.stderr_path = stderr_path
-        self._err = open(stderr_path, "wb") if stderr_path else subprocess.PIPE
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "wiremsg", *argv],
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for raw in self.popen.stdout:
-            self.lines.put(raw.decode(errors="replace"))
-        self.lines.put("")
-
-    def expect(self, prefix: str, timeout: float = WAIT) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no line starting {prefix!r} within {timeout}s")
-            line = self.lines.get(timeout=left)
-            if line == "":
-                raise AssertionError(
-                    f"process exited before printing {prefix!r}: {self.stderr_text()}"
-                )
-            if line.startswith(prefix):
-                return line.strip()
-
-    def stderr_text(self) -> str:
-        if self.stderr_path is not None:
-            return self.stderr_path.read_text(errors="replace")
-        return ""
-
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, sig)
-                self.popen.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=15)
-        if self._err is not subprocess.PIPE:
-            self._err.close()  # type: ignore[union-attr]
-        return self.popen.returncode
-
-
-class Cluster:
-    def __init__(self, tmp: Path, scheme: str) -> None:
-        self.tmp = tmp
-        self.scheme = scheme
-        workers_file = tmp / "workers.toml"
-        workers_file.write_text(
-            "".join(f'[workers.{n}]\nsecret = "{s}"\n\n' for n, s in WORKERS.items())
-        )
-        self.master = Proc(
-            [
-                "master",
-                "--listen",
-                f"{scheme}://127.0.0.1:0",
-                "--workers",
-                str(workers_file),
-                "--control",
-                "127.0.0.1:0",
-                "--heartbeat",
-                "1",
-                "--grace",
-                "3",
-            ],
-            stderr_path=tmp / "master.log",
-        )
-        self.url = self.master.expect("listening on ").split()[-1]
-        self.control = self.master.expect("control on ").split()[-1]
-        self.workers: dict[str, Proc] = {}
-
-    def start_worker(
-        self,
-        name: str,
-        master: str | None = None,
-        secret: str | None = None,
-        tags: str = "",
-        wait: bool = True,
-    ) -> Proc:
-        basedir = self.tmp / f"basedir-{name}-{len(self.workers)}"
-        proc = Proc(
-            [
-                "worker",
-                "--name",
-                name,
-                "--master",
-                master or self.url,
-                "--basedir",
-                str(basedir),
-                "--tags",
-                tags,
-            ],
-            env={"WIREMSG_SECRET": secret or WORKERS[name]},
-            stderr_path=self.tmp / f"{name}-{len(self.workers)}.log",
-        )
-        self.workers[f"{name}-{len(self.workers)}"] = proc
-        if wait:
-            proc.expect("attached to ")
-        return proc
-
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "wiremsg", "run", "--control", self.control, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    @contextmanager
-    def start_run(self, *args: str) -> Iterator[subprocess.Popen[str]]:
-        """``wiremsg run`` in the background, killed on the way out if still running."""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wiremsg", "run", "--control", self.control, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-    def status(self) -> dict[str, Any]:
-        out = subprocess.run(
-            [sys.executable, "-m", "wiremsg", "status", "--control", self.control, "--json"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        return json.loads(out)  # type: ignore[no-any-return]
-
-    def wait_state(self, name: str, state: str | None, timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            states = {w["name"]: w["state"] for w in self.status()["workers"]}
-            if states.get(name) == state:
-                return
-            time.sleep(0.2)  # polling another process's state: nothing to await here
-        raise AssertionError(f"{name} never became {state}")
-
-    def close(self) -> None:
-        for proc in self.workers.values():
-            proc.stop()
-        self.master.stop()
-
-
-BACKENDS = ["amp", "zmq"]
-"""The network backends the whole end-to-end suite runs over."""
+BACKENDS = ["amp", "zmq", "amqp"]
+"""The network backends the whole end-to-end suite runs over (amqp through RabbitMQ)."""
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp(f"e2e-{request.param}"), request.param)
+    scheme: str = request.param
+    prefix = listen = None
+    if scheme == "amqp":
+        request.getfixturevalue("amqp_broker")  # skips, or fails in CI, without RabbitMQ
+        prefix = new_prefix("e2e")
+        listen = broker_url(prefix)
+    c = Cluster(tmp_path_factory.mktemp(f"e2e-{scheme}"), scheme, listen)
     try:
         for name in ("w1", "w2", "w3"):
             c.start_worker(name, tags=TAGS[name])
         yield c
     finally:
         c.close()
-
-
-def py(code: str) -> list[str]:
-    return ["--", sys.executable, "-c", code]
+        if prefix is not None:
+            delete_topology(prefix)
 
 
 def test_status_lists_the_workers(cluster: Cluster) -> None:
@@ -356,65 +191,10 @@ def test_wrong_secret_is_refused_and_named_in_the_master_log(cluster: Cluster) -
     assert len(refused) == 1 and "auth_failed" in refused[0] and "wrong proof" in refused[0]
 
 
-class CuttingProxy:
-    """A TCP proxy on loopback whose connections the test can cut."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.pairs: list[tuple[socket.socket, socket.socket]] = []
-        self.accepted = 0
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.upstream)
-            with self.lock:
-                self.pairs.append((client, upstream))
-                self.accepted += 1
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        with self.lock:
-            pairs, self.pairs = self.pairs, []
-        for pair in pairs:
-            for s in pair:
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-                    s.close()  # a reset, as when a NAT box or a cable drops the connection
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.server.close()
-        self.cut()
-
-
 def test_tcp_cut_twice_mid_stream_delivers_every_line_once(cluster: Cluster) -> None:
-    host, port = cluster.url.split("://")[1].rsplit(":", 1)
-    proxy = CuttingProxy((host, int(port)))
+    proxy = CuttingProxy(cluster.upstream())  # to the master, or to the broker (amqp)
     try:
-        cluster.start_worker("w6", master=f"{cluster.scheme}://127.0.0.1:{proxy.port}")
+        cluster.start_worker("w6", master=cluster.via(proxy.port))
         code = (
             "import sys, time\nfor i in range(6000):\n    print(f'line {i}', flush=True)\n"
             "    if i % 200 == 0: time.sleep(0.05)\nsys.exit(4)"
