@@ -33,9 +33,37 @@ def test_demo_on_memory_streams_a_build_and_summarises() -> None:
 
 
 def test_demo_on_a_backend_not_yet_available_is_a_clear_error() -> None:
-    proc = wiremsg("demo", "--backend", "amqp")
-    assert proc.returncode == 2
-    assert "not available yet" in proc.stdout
+    import io
+
+    from twisted.internet.defer import Deferred
+
+    from tests.clockwork import result
+    from wiremsg.demo import run_demo
+
+    out = io.StringIO()
+    code = result(Deferred.fromCoroutine(run_demo(None, out, "carrier-pigeon")))
+    assert code == 2 and "not available yet" in out.getvalue()
+
+
+def test_demo_without_a_broker_is_one_clear_line() -> None:
+    import os
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "wiremsg", "demo", "--backend", "amqp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "WIREMSG_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{port}/"},
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("wiremsg demo: no usable AMQP broker")
+    assert "refused" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "guest:guest" not in proc.stderr
+    assert "rabbitmq-server -detached" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -91,11 +119,16 @@ def test_worker_without_a_secret_is_one_clear_line() -> None:
     assert proc.stderr == "wiremsg: no secret: pass --secret-file FILE or set WIREMSG_SECRET\n"
 
 
-@pytest.mark.parametrize("backend", ["amp", "zmq"])
-def test_demo_runs_the_worker_as_a_process_and_leaves_none_behind(backend: str) -> None:
+@pytest.mark.parametrize("backend", ["amp", "zmq", "amqp"])
+def test_demo_runs_the_worker_as_a_process_and_leaves_none_behind(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "amqp":
+        request.getfixturevalue("amqp_broker")  # skips, or fails in CI, without RabbitMQ
     proc = wiremsg("demo", "--backend", backend, timeout=90)
     check_demo_output(proc)
-    assert f"master: listening on {backend}://127.0.0.1:" in proc.stdout
+    host = "guest:***@127.0.0.1:5672/?prefix=wiremsg-demo-" if backend == "amqp" else "127.0.0.1:"
+    assert f"master: listening on {backend}://{host}" in proc.stdout
     started = [line for line in proc.stdout.splitlines() if "started worker process" in line]
     assert len(started) == 1
     pid = int(started[0].split("pid ")[1].rstrip(")"))

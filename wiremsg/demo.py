@@ -14,13 +14,17 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from wiremsg.address import parse_address
 from wiremsg.commands import CommandTracker
+from wiremsg.errors import ConnectFailed
 from wiremsg.master import Master
 from wiremsg.vocabulary import SHUTDOWN, WORKER_INFO
 
@@ -39,7 +43,9 @@ print("build ok", flush=True)
 SECRET = "demo-secret"
 NAME = "demo-worker"
 READY_TIMEOUT = 30.0
-AVAILABLE = ("amp", "zmq", "memory")
+AVAILABLE = ("amp", "zmq", "amqp", "memory")
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+"""The broker the demo uses over amqp, unless ``WIREMSG_AMQP_URL`` names another."""
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -58,8 +64,22 @@ class _WorkerProcess(ProcessProtocol):
         self.ended.callback(getattr(reason.value, "exitCode", None))
 
 
-async def run_demo(reactor: Any, out: TextIO, backend: str = "amp") -> int:
-    """Run the demo on ``reactor``, writing to ``out``; returns the exit code."""
+def _demo_address(backend: str) -> str:
+    """Where the demo's master listens: loopback, or a one-off prefix on the AMQP broker."""
+    if backend == "memory":
+        return "memory://wiremsg-demo"
+    if backend != "amqp":
+        return f"{backend}://127.0.0.1:0"
+    broker = parse_address(os.environ.get("WIREMSG_AMQP_URL", AMQP_URL))
+    params = {**broker.params, "prefix": f"wiremsg-demo-{os.urandom(4).hex()}"}
+    return str(replace(broker, params=MappingProxyType(params)))
+
+
+async def run_demo(
+    reactor: Any, out: TextIO, backend: str = "amp", err: TextIO | None = None
+) -> int:
+    """Run the demo on ``reactor``, writing to ``out`` (and one-line errors to ``err``,
+    default stderr); returns the exit code."""
     if backend not in AVAILABLE:
         out.write(
             f"wiremsg demo: backend {backend!r} is not available yet; "
@@ -72,9 +92,18 @@ async def run_demo(reactor: Any, out: TextIO, backend: str = "amp") -> int:
     tracker = CommandTracker(master)
     child: _WorkerProcess | None = None
     agent: Any = None
+    address = _demo_address(backend)
     try:
-        address = "memory://wiremsg-demo" if backend == "memory" else f"{backend}://127.0.0.1:0"
-        listener = await master.listen(address)
+        try:
+            listener = await master.listen(address)
+        except ConnectFailed as exc:
+            if backend != "amqp":
+                raise
+            (err or sys.stderr).write(
+                f"wiremsg demo: no usable AMQP broker ({exc}); start RabbitMQ "
+                "(rabbitmq-server -detached) or set WIREMSG_AMQP_URL\n"
+            )
+            return 1
         out.write(f"master: listening on {listener.address.redacted()}\n")
         if backend == "memory":
             from wiremsg.agent import build_agent
@@ -148,6 +177,18 @@ async def run_demo(reactor: Any, out: TextIO, backend: str = "amp") -> int:
         if child is not None:
             await _reap(reactor, child, out)
         shutil.rmtree(basedir, ignore_errors=True)
+        if backend == "amqp":
+            await _forget_prefix(reactor, address)
+
+
+async def _forget_prefix(reactor: Any, address: str) -> None:
+    """Delete the demo's one-off exchange and queue from the broker (best effort)."""
+    from wiremsg.backends._amqp import delete_topology
+
+    try:
+        await delete_topology(reactor, address)
+    except ConnectFailed:
+        pass
 
 
 async def _reap(reactor: Any, child: _WorkerProcess, out: TextIO) -> None:

@@ -72,7 +72,12 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 
 from wiremsg.address import Address, parse_address
-from wiremsg.backends._amqp._broker import MAX_PREFETCH, BrokerOptions, parse_options
+from wiremsg.backends._amqp._broker import (
+    MAX_PREFETCH,
+    BrokerOptions,
+    open_connection,
+    parse_options,
+)
 from wiremsg.backends._amqp._ends import (
     AMQPListener,
     MasterEnd,
@@ -90,6 +95,7 @@ __all__ = [
     "AMQPBackend",
     "AMQPLink",
     "AMQPListener",
+    "delete_topology",
     "first_contact_queue",
     "topology",
 ]
@@ -104,6 +110,23 @@ RECONNECT_CAP = 15.0
 """Seconds: the longest wait between a listener's reconnection attempts."""
 CONNECT_TIMEOUT = 10.0
 """Seconds a listener's connection to the broker may take."""
+
+
+async def delete_topology(reactor: Any, address: Address | str, timeout: float = 10.0) -> None:
+    """Delete what the address's prefix keeps on the broker (its exchange and first-contact
+    queue, see :func:`topology`): for retiring a fleet, or after a demo. Masters still
+    consuming lose their hello consumer and declare the queue again.
+
+    :raises ConnectFailed: the broker cannot be reached or refuses the login.
+    :raises AddressError: for a bad address.
+    """
+    opts = parse_options(parse_address(address))
+    conn = await open_connection(reactor, opts, timeout, f"wiremsg cleanup {opts.prefix}")
+    try:
+        channel = await conn.channel()
+        await channel.delete(topology(opts.prefix)[1])
+    finally:
+        await conn.close()
 
 
 class AMQPBackend(Backend):

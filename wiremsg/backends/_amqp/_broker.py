@@ -441,6 +441,12 @@ class BrokerChannel:
         if bind is not None:
             await self._channel.queue_bind(queue, self.exchange, routing_key=bind)
 
+    async def delete(self, queues: list[str]) -> None:
+        """Delete ``queues`` (with their messages) and the exchange; missing ones are fine."""
+        for queue in queues:
+            await self._channel.queue_delete(queue)
+        await self._channel.exchange_delete(self.exchange)
+
     async def consumers(self, queue: str) -> int | None:
         """How many consumers ``queue`` has, or None if it does not exist (which closes this
         channel: the broker answers a passive declare of a missing queue with an error)."""
