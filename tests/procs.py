@@ -172,9 +172,11 @@ class Cluster:
             proc.expect("attached to ")
         return proc
 
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 60, control: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "wiremsg", "run", "--control", self.control, *args],
+            [sys.executable, "-m", "wiremsg", "run", "--control", control or self.control, *args],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -34,6 +34,7 @@ from pika.adapters.twisted_connection import TwistedProtocolConnection
 from twisted.internet import endpoints, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -310,7 +311,9 @@ def open_connection(
         state["timed_out"] = True
         stop()
 
-    connecting: Deferred[Any] = endpoints.connectProtocol(endpoint, protocol)  # type: ignore[no-untyped-call]
+    factory = Factory.forProtocol(lambda: protocol)
+    factory.noisy = False  # no "Starting factory" line per (re)connection attempt
+    connecting: Deferred[Any] = endpoint.connect(factory)
     connecting.addCallbacks(connected, failed)
     timer = reactor.callLater(timeout, timed_out)
     result.addBoth(_cancel_timer, timer)
