@@ -23,6 +23,7 @@ from wiremsg.runner import FLUSH_DELAY, MAX_CHUNK, CommandError, CommandRunner
 from wiremsg.testing.harness import bounded, run_in_reactor
 from wiremsg.vocabulary import (
     BAD_BODY,
+    COMMANDS,
     COMPLETE,
     DUPLICATE_COMMAND,
     INTERRUPT,
@@ -610,22 +611,31 @@ async def test_serve_answers_start_command_interrupt_and_worker_info(
     runner.serve(registry, info={"admin": "ci team"})
     assert set(registry.handlers) == {START_COMMAND, INTERRUPT, WORKER_INFO}
     info = await registry.call(WORKER_INFO, {})
-    assert info["commands"] == {"shell": "3.3"} and info["basedir"] == str(basedir)
+    assert info["commands"] == dict.fromkeys(COMMANDS, "3.3") and info["basedir"] == str(basedir)
     assert info["admin"] == "ci team" and info["os"] == sys.platform and info["version"]
     body = {"command_id": "s", "command": "shell", "args": {"command": "sleep 30"}}
     assert await registry.call(START_COMMAND, body) == {}
+    with pytest.raises(RemoteError) as caught:  # a file command may not reuse a running id
+        await registry.call(START_COMMAND, {**body, "command": "mkdir", "args": {"dir": "d"}})
+    assert caught.value.code == DUPLICATE_COMMAND
     reply = await registry.call(INTERRUPT, {"command_id": "s", "why": "stop"})
     assert reply == {"interrupted": True}
     await sent.completed("s")
     assert await registry.call(INTERRUPT, {"command_id": "s"}) == {"interrupted": False}
     for bad, code in (
-        ({"command_id": "x", "command": "uploadFile", "args": {}}, UNKNOWN_COMMAND),
+        ({"command_id": "x", "command": "svn", "args": {}}, UNKNOWN_COMMAND),
+        ({"command_id": "x", "command": "uploadFile", "args": {}}, BAD_BODY),
+        ({"command_id": "m", "command": "mkdir", "args": {"dir": "d"}}, None),
         ({"command": "shell", "args": {"command": "true"}}, BAD_BODY),
         ({"command_id": "x", "command": "shell", "args": {"command": ["/nope"]}}, SPAWN_FAILED),
     ):
+        if code is None:  # a file command starts at once and keeps its id until complete
+            assert await registry.call(START_COMMAND, bad) == {}
+            continue
         with pytest.raises(RemoteError) as caught:
             await registry.call(START_COMMAND, bad)
         assert caught.value.code == code
+    await sent.completed("m")
     with pytest.raises(RemoteError) as caught:
         await registry.call(INTERRUPT, {"why": "no id"})
     assert caught.value.code == BAD_BODY
@@ -655,7 +665,7 @@ async def test_end_to_end_through_a_master_and_a_worker(reactor: Any, basedir: P
         await bounded(worker.start(), reactor, WAIT, "attach")
         peer = await bounded(master.wait_for_worker("w1", timeout=WAIT), reactor, WAIT, "worker")
         info = await bounded(peer.request(WORKER_INFO, {}, timeout=WAIT), reactor, WAIT, "info")
-        assert info.body["commands"] == {"shell": "3.3"}
+        assert info.body["commands"] == dict.fromkeys(COMMANDS, "3.3")
         body = {"command_id": "e", "command": "shell", "args": {"command": "echo hello; exit 4"}}
         reply = await bounded(peer.request(START_COMMAND, body, timeout=WAIT), reactor, WAIT, "s")
         assert reply.body == {}

@@ -54,6 +54,11 @@ def test_kind_names() -> None:
         "interrupt",
         "print",
         "shutdown",
+        "file_write",
+        "file_utime",
+        "file_close",
+        "file_unpack",
+        "file_read",
     }
     assert (WORKER_INFO, START_COMMAND, UPDATE, COMPLETE, INTERRUPT, PRINT, SHUTDOWN) == (
         "worker_info",

@@ -90,5 +90,5 @@ def build_agent(
         info={"basedir": basedir, "os": platform.system().lower()},
         **worker_options,
     )
-    runner = CommandRunner(reactor, basedir, worker.send, worker)
+    runner = CommandRunner(reactor, basedir, worker.send, worker, request=worker.request)
     return Agent(worker, runner, on_shutdown)

@@ -19,7 +19,24 @@ from twisted.python.failure import Failure
 from wiremsg.errors import Timeout, WiremsgError
 from wiremsg.master import Master, Peer
 from wiremsg.message import Message
-from wiremsg.vocabulary import COMPLETE, INTERRUPT, START_COMMAND, UPDATE
+from wiremsg.transfer import Reader, TransferError, Writer
+from wiremsg.vocabulary import (
+    COMPLETE,
+    FILE_CLOSE,
+    FILE_READ,
+    FILE_UNPACK,
+    FILE_UTIME,
+    FILE_WRITE,
+    INTERRUPT,
+    START_COMMAND,
+    UPDATE,
+    BodyError,
+    FileChunk,
+    FileDone,
+    FileRead,
+    FileUtime,
+    FileWrite,
+)
 
 log = Logger()
 
@@ -39,10 +56,23 @@ class RemoteCommand:
     :class:`CommandFailed`. Updates go to ``on_update`` as they arrive (each a dict with some
     of ``stdout``, ``stderr``, ``header``, ``rc``, ``elapsed``)."""
 
-    def __init__(self, peer: Peer, command_id: str, on_update: UpdateHandler) -> None:
+    def __init__(
+        self,
+        peer: Peer,
+        command_id: str,
+        on_update: UpdateHandler,
+        writer: Writer | None = None,
+        reader: Reader | None = None,
+    ) -> None:
         self.peer = peer
         self.command_id = command_id
         self.on_update = on_update
+        self.writer = writer
+        """Where an upload's bytes go (see :mod:`wiremsg.transfer`), if it is one."""
+        self.reader = reader
+        """Where a download's bytes come from, if it is one."""
+        self.transfer_error: str | None = None
+        """Why the transfer failed on this side (too much data, bad archive, ...), if it did."""
         self.rc: int | None = None
         self.failure: Mapping[str, Any] | None = None
         """The ``failure`` of ``complete`` (e.g. ``{"code": "timeout", ...}``), if any."""
@@ -63,6 +93,9 @@ class RemoteCommand:
     def _finish(self, rc: int | None, failure: Mapping[str, Any] | None) -> None:
         if self.done.called:
             return
+        self._end_transfer()
+        if self.transfer_error is not None and not rc:
+            rc = 1
         self.failure = failure
         if failure is not None and rc is None:
             reason = failure.get("reason", "") if isinstance(failure, Mapping) else ""
@@ -72,7 +105,14 @@ class RemoteCommand:
 
     def _fail(self, message: str) -> None:
         if not self.done.called:
+            self._end_transfer()
             self.done.errback(CommandFailed(message))
+
+    def _end_transfer(self) -> None:
+        if self.writer is not None:
+            self.writer.cancel()
+        if self.reader is not None:
+            self.reader.close()
 
 
 class CommandTracker:
@@ -87,13 +127,27 @@ class CommandTracker:
         self._commands: dict[str, RemoteCommand] = {}
         master.on(UPDATE, self._update)
         master.on(COMPLETE, self._complete)
+        master.on(FILE_WRITE, self._file_write)
+        master.on(FILE_UTIME, self._file_utime)
+        master.on(FILE_CLOSE, self._file_close)
+        master.on(FILE_UNPACK, self._file_unpack)
+        master.on(FILE_READ, self._file_read)
 
     def start(
-        self, peer: Peer, args: Mapping[str, Any], on_update: UpdateHandler, command: str = "shell"
+        self,
+        peer: Peer,
+        args: Mapping[str, Any],
+        on_update: UpdateHandler,
+        command: str = "shell",
+        *,
+        writer: Writer | None = None,
+        reader: Reader | None = None,
     ) -> RemoteCommand:
-        """Start ``command`` with Buildbot-style ``args`` on ``peer``."""
+        """Start ``command`` with Buildbot-style ``args`` on ``peer``. An upload
+        (``uploadFile``, ``uploadDirectory``) needs a ``writer``, a ``downloadFile`` a
+        ``reader`` (see :mod:`wiremsg.transfer`)."""
         command_id = os.urandom(8).hex()
-        cmd = RemoteCommand(peer, command_id, on_update)
+        cmd = RemoteCommand(peer, command_id, on_update, writer, reader)
         self._commands[command_id] = cmd
         cmd.done.addBoth(self._forget, command_id)
         started = peer.request(
@@ -166,3 +220,68 @@ class CommandTracker:
         body: dict[str, Any] = msg.body  # type: ignore[assignment]
         failure = body.get("failure")
         cmd._finish(cmd.rc, failure if isinstance(failure, Mapping) else None)
+
+    # -- transfers ----------------------------------------------------------------------------
+
+    def _transfer(self, peer: Peer, msg: Message, parse: Any) -> tuple[RemoteCommand, Any] | None:
+        cmd = self._lookup(peer, msg)
+        if cmd is None:
+            return None
+        try:
+            return cmd, parse(msg.body)
+        except BodyError as exc:
+            self._transfer_failed(cmd, str(exc))
+            return None
+
+    @staticmethod
+    def _transfer_failed(cmd: RemoteCommand, why: str) -> None:
+        if cmd.transfer_error is None:
+            cmd.transfer_error = why
+            log.warn("transfer of command {id} failed: {why}", id=cmd.command_id, why=why)
+            if cmd.writer is not None:
+                cmd.writer.cancel()
+
+    def _apply(self, cmd: RemoteCommand, action: Callable[[Writer], None]) -> None:
+        if cmd.transfer_error is not None:
+            return
+        if cmd.writer is None:
+            self._transfer_failed(cmd, "the worker sent data for a command without a writer")
+            return
+        try:
+            action(cmd.writer)
+        except (TransferError, OSError) as exc:
+            self._transfer_failed(cmd, str(exc))
+
+    def _file_write(self, peer: Peer, msg: Message) -> None:
+        found = self._transfer(peer, msg, FileWrite.from_body)
+        if found is not None:
+            cmd, write = found
+            self._apply(cmd, lambda w: w.write(write.data))
+
+    def _file_utime(self, peer: Peer, msg: Message) -> None:
+        found = self._transfer(peer, msg, FileUtime.from_body)
+        if found is not None:
+            cmd, stamp = found
+            self._apply(cmd, lambda w: w.utime(stamp.atime, stamp.mtime))
+
+    def _file_close(self, peer: Peer, msg: Message) -> None:
+        found = self._transfer(peer, msg, FileDone.from_body)
+        if found is None:
+            return
+        cmd = found[0]
+        if cmd.reader is not None:
+            cmd.reader.close()
+        else:
+            self._apply(cmd, lambda w: w.close())
+
+    def _file_unpack(self, peer: Peer, msg: Message) -> None:
+        found = self._transfer(peer, msg, lambda b: FileDone.from_body(b, FILE_UNPACK))
+        if found is not None:
+            self._apply(found[0], lambda w: w.unpack())
+
+    def _file_read(self, peer: Peer, msg: Message) -> dict[str, Any]:
+        cmd = self._lookup(peer, msg)
+        if cmd is None or cmd.reader is None:
+            raise TransferError("no download is running for this command")
+        request = FileRead.from_body(msg.body)
+        return FileChunk(cmd.reader.read(request.length)).to_body()

@@ -1,4 +1,6 @@
-"""Runs a worker's ``shell`` commands and streams what they print as ``update`` messages.
+"""Runs a worker's commands and streams what they print as ``update`` messages.
+
+``shell`` runs here; Buildbot's file commands and transfers run in :mod:`wiremsg.fileops`.
 
 A :class:`CommandRunner` turns ``start_command`` / ``interrupt`` (see :mod:`wiremsg.vocabulary`)
 into processes. It needs a reactor (for ``spawnProcess`` and ``callLater``), a basedir, a
@@ -54,19 +56,22 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wiremsg.errors import RemoteError
+from wiremsg.fileops import FileCommand
 from wiremsg.message import JSON, Message
 from wiremsg.vocabulary import (
     BAD_BODY,
     COMMAND_VERSION,
+    COMMANDS,
     COMPLETE,
     DUPLICATE_COMMAND,
+    FILE_COMMANDS,
     INTERRUPT,
     SHELL,
     SPAWN_FAILED,
@@ -85,6 +90,8 @@ from wiremsg.vocabulary import (
     StartCommand,
     Update,
     WorkerInfo,
+    canonical_command,
+    file_args,
 )
 
 __all__ = [
@@ -475,14 +482,17 @@ class CommandRunner:
     :param reactor: provides ``spawnProcess`` and ``callLater``/``seconds`` (a real reactor:
         a ``Clock`` cannot spawn).
     :param basedir: every command's workdir lies inside it; created if missing.
-    :param send: ``send(kind, body)`` for ``update`` and ``complete`` messages (e.g.
-        ``worker.send``). Its exceptions are logged, never raised into the process machinery.
+    :param send: ``send(kind, body)`` for ``update``, ``complete`` and ``file_*`` messages
+        (e.g. ``worker.send``). Its exceptions are logged, never raised into the process
+        machinery.
     :param flow: ``writable`` and ``when_writable()`` (e.g. the worker): reading output
         pauses while the flow is not writable.
     :param flush_delay: seconds a partial line may wait for its newline.
     :param max_chunk: the most UTF-8 bytes of output per ``update``.
     :param kill_grace: seconds from SIGTERM to SIGKILL, unless a command says ``sigterm_time``.
     :param python: the interpreter that runs the ``setsid`` trampoline.
+    :param request: ``request(kind, body, timeout)`` → Deferred of the reply (e.g.
+        ``worker.request``), for ``downloadFile``'s ``file_read``; without it downloads fail.
     """
 
     def __init__(
@@ -496,6 +506,7 @@ class CommandRunner:
         max_chunk: int = MAX_CHUNK,
         kill_grace: float = KILL_GRACE,
         python: str = sys.executable,
+        request: Callable[[str, JSON, float | None], Deferred[Message]] | None = None,
     ) -> None:
         if max_chunk < 4:
             raise ValueError("max_chunk must hold at least one character (4 bytes)")
@@ -507,12 +518,14 @@ class CommandRunner:
         self.max_chunk = max_chunk
         self.kill_grace = kill_grace
         self.python = python
+        self.request = request
         self._commands: dict[str, _Command] = {}
+        self._files: dict[str, FileCommand] = {}
 
     @property
     def running(self) -> frozenset[str]:
         """The ids of the commands started and not yet complete."""
-        return frozenset(self._commands)
+        return frozenset(self._commands) | frozenset(self._files)
 
     def start(self, command_id: str, args: ShellArgs | Mapping[str, Any]) -> Deferred[None]:
         """Start a ``shell`` command; fires once its process runs (its ``exec`` succeeded).
@@ -534,6 +547,10 @@ class CommandRunner:
         The command then completes as usual, with a header saying it was interrupted and the
         ``rc`` of the signal. Returns False if no such command is running.
         """
+        file_command = self._files.get(command_id)
+        if file_command is not None:
+            file_command.interrupt()
+            return True
         command = self._commands.get(command_id)
         if command is None:
             return False
@@ -543,7 +560,8 @@ class CommandRunner:
     def stop_all(self, why: str = "worker stopping") -> Deferred[None]:
         """Interrupt every command; fires once all have completed."""
         ended = [command.ended for command in self._commands.values()]
-        for command_id in list(self._commands):
+        ended += [command.ended for command in self._files.values()]
+        for command_id in list(self.running):
             self.interrupt(command_id, why)
         done: Deferred[None] = DeferredList(ended).addCallback(lambda _: None)
         return done
@@ -553,7 +571,7 @@ class CommandRunner:
         from wiremsg import __version__
 
         return WorkerInfo(
-            commands={SHELL: COMMAND_VERSION},
+            commands=dict.fromkeys(COMMANDS, COMMAND_VERSION),
             basedir=self.basedir,
             os=sys.platform,
             version=__version__,
@@ -576,9 +594,39 @@ class CommandRunner:
             request = StartCommand.from_body(message.body)
         except BodyError as exc:
             return fail(CommandError(BAD_BODY, str(exc)))
-        if request.command != SHELL:
+        command = canonical_command(request.command)
+        if command in FILE_COMMANDS:
+            return self.start_file(request.command_id, command, request.args).addCallback(
+                lambda _: {}
+            )
+        if command != SHELL:
             return fail(CommandError(UNKNOWN_COMMAND, f"no command {request.command!r} here"))
         return self.start(request.command_id, request.args).addCallback(lambda _: {})
+
+    def start_file(self, command_id: str, command: str, args: Mapping[str, Any]) -> Deferred[None]:
+        """Start one of Buildbot's file commands (:data:`~wiremsg.vocabulary.FILE_COMMANDS`);
+        fires at once when its arguments are sound, and it then runs to its ``complete``.
+
+        Fails with :class:`CommandError`: ``bad_body`` (malformed args), ``duplicate_command``.
+        """
+        try:
+            self._check_id(command_id)
+            checked = file_args(command, dict(args))
+        except CommandError as exc:
+            return fail(exc)
+        except BodyError as exc:
+            return fail(CommandError(BAD_BODY, str(exc)))
+        file_command = FileCommand(self, command_id, canonical_command(command), checked)
+        self._files[command_id] = file_command
+        file_command.ended.addBoth(lambda _: self._files.pop(command_id, None))
+        file_command.run()
+        return succeed(None)
+
+    def _check_id(self, command_id: str) -> None:
+        if not isinstance(command_id, str) or not command_id:
+            raise CommandError(BAD_BODY, "command_id must be a non-empty string")
+        if command_id in self.running:
+            raise CommandError(DUPLICATE_COMMAND, f"command {command_id!r} is already running")
 
     def _on_interrupt(self, message: Message) -> dict[str, JSON]:
         try:
@@ -588,10 +636,7 @@ class CommandRunner:
         return InterruptReply(self.interrupt(request.command_id, request.why)).to_body()
 
     def _start(self, command_id: str, raw: ShellArgs | Mapping[str, Any]) -> Deferred[None]:
-        if not isinstance(command_id, str) or not command_id:
-            raise CommandError(BAD_BODY, "command_id must be a non-empty string")
-        if command_id in self._commands:
-            raise CommandError(DUPLICATE_COMMAND, f"command {command_id!r} is already running")
+        self._check_id(command_id)
         try:
             args = raw if isinstance(raw, ShellArgs) else ShellArgs.from_body(dict(raw))
         except (BodyError, TypeError, ValueError) as exc:

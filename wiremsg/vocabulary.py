@@ -34,11 +34,33 @@ bridge can carry Buildbot-only keys through untouched).
 ``shutdown`` (request, master → worker) — :class:`Shutdown`
     ``{}``; reply ``{}``, then the worker stops.
 
+File commands and transfers. ``start_command`` also runs Buildbot's file commands
+(:data:`FILE_COMMANDS`: ``uploadFile``, ``uploadDirectory``, ``downloadFile``, ``mkdir``,
+``rmdir``, ``cpdir``, ``stat``, ``glob``, ``listdir``, ``rmfile``) with Buildbot's argument
+names, checked by :func:`file_args`. Their results are ``update`` keys (``rc``, ``stat``,
+``files``, ``stderr``, ``header``). A transfer's bytes travel in messages tied to the command,
+base64 in JSON, pipelined (the session orders and flow-controls them, so no block waits for
+the previous one's answer):
+
+``file_write`` (one-way, worker → master) — :class:`FileWrite`
+    ``{command_id, data}``: the next block of an upload (a file, or a tar of a directory).
+``file_utime`` (one-way, worker → master) — :class:`FileUtime`
+    ``{command_id, atime, mtime}``: stamp the uploaded file (``keepstamp``), after its close.
+``file_close`` (one-way, either way's end) — :class:`FileDone`
+    ``{command_id}``: the upload is complete (rename it into place), or a download is done.
+``file_unpack`` (one-way, worker → master) — :class:`FileDone`
+    ``{command_id}``: the directory upload is complete: unpack the tar.
+``file_read`` (request, worker → master) — :class:`FileRead`
+    ``{command_id, length}``; reply :class:`FileChunk` ``{data}`` with at most ``length``
+    bytes, empty at the end. A worker may keep several reads outstanding.
+
 Buildbot's camelCase shell arguments map to ours by :data:`BUILDBOT_SHELL_ARGS`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import posixpath
 from collections.abc import Mapping
@@ -51,24 +73,49 @@ from wiremsg.message import JSON
 __all__ = [
     "BAD_BODY",
     "BUILDBOT_SHELL_ARGS",
+    "COMMANDS",
+    "COMMAND_ALIASES",
     "COMMAND_VERSION",
     "COMPLETE",
+    "CPDIR",
+    "DOWNLOAD_FILE",
     "DUPLICATE_COMMAND",
+    "FILE_CLOSE",
+    "FILE_COMMANDS",
+    "FILE_READ",
+    "FILE_UNPACK",
+    "FILE_UTIME",
+    "FILE_WRITE",
+    "GLOB",
     "INTERRUPT",
     "KINDS",
+    "LISTDIR",
+    "MAX_BLOCKSIZE",
+    "MKDIR",
     "PRINT",
+    "RMDIR",
+    "RMFILE",
     "SHELL",
     "SHUTDOWN",
     "SPAWN_FAILED",
     "START_COMMAND",
+    "STAT",
     "TIMEOUT",
     "TIMEOUT_WITHOUT_OUTPUT",
+    "TRANSFER_COMMANDS",
     "UNKNOWN_COMMAND",
     "UPDATE",
+    "UPLOAD_DIRECTORY",
+    "UPLOAD_FILE",
     "WORKER_INFO",
     "BodyError",
     "CommandFailure",
     "Complete",
+    "FileChunk",
+    "FileDone",
+    "FileRead",
+    "FileUtime",
+    "FileWrite",
     "Interrupt",
     "InterruptReply",
     "Print",
@@ -77,6 +124,8 @@ __all__ = [
     "StartCommand",
     "Update",
     "WorkerInfo",
+    "canonical_command",
+    "file_args",
 ]
 
 # -- kinds ----------------------------------------------------------------------------------------
@@ -96,11 +145,83 @@ PRINT = "print"
 SHUTDOWN = "shutdown"
 """Request, master → worker: stop the worker process."""
 
-KINDS = frozenset({WORKER_INFO, START_COMMAND, UPDATE, COMPLETE, INTERRUPT, PRINT, SHUTDOWN})
+FILE_WRITE = "file_write"
+"""One-way, worker → master: the next block of an upload."""
+FILE_UTIME = "file_utime"
+"""One-way, worker → master: the uploaded file's access and modification times."""
+FILE_CLOSE = "file_close"
+"""One-way, worker → master: an upload is complete, or a download is done."""
+FILE_UNPACK = "file_unpack"
+"""One-way, worker → master: a directory upload is complete; unpack it."""
+FILE_READ = "file_read"
+"""Request, worker → master: the next block of a download (empty at the end)."""
+
+KINDS = frozenset(
+    {
+        WORKER_INFO,
+        START_COMMAND,
+        UPDATE,
+        COMPLETE,
+        INTERRUPT,
+        PRINT,
+        SHUTDOWN,
+        FILE_WRITE,
+        FILE_UTIME,
+        FILE_CLOSE,
+        FILE_UNPACK,
+        FILE_READ,
+    }
+)
 """Every kind this module defines."""
 
 SHELL = "shell"
 """The command name of a shell command (Buildbot's ``shell``)."""
+UPLOAD_FILE = "uploadFile"
+"""Send a worker's file to the master (``file_write``..., ``file_close``, ``file_utime``)."""
+UPLOAD_DIRECTORY = "uploadDirectory"
+"""Send a worker's directory to the master as a tar (``file_write``..., ``file_unpack``)."""
+DOWNLOAD_FILE = "downloadFile"
+"""Fetch a file from the master (``file_read``..., ``file_close``)."""
+MKDIR = "mkdir"
+"""Create directories (``dir``: one path or a list)."""
+RMDIR = "rmdir"
+"""Remove directory trees (``dir``: one path or a list)."""
+CPDIR = "cpdir"
+"""Copy a directory tree (``fromdir`` → ``todir``)."""
+STAT = "stat"
+"""``os.stat`` a file; the result is the ``stat`` update key (a list of 10 numbers)."""
+GLOB = "glob"
+"""Expand a pattern (``**`` recursive); the result is the ``files`` update key."""
+LISTDIR = "listdir"
+"""List a directory; the result is the ``files`` update key."""
+RMFILE = "rmfile"
+"""Remove one file."""
+
+FILE_COMMANDS = (
+    UPLOAD_FILE,
+    UPLOAD_DIRECTORY,
+    DOWNLOAD_FILE,
+    MKDIR,
+    RMDIR,
+    CPDIR,
+    STAT,
+    GLOB,
+    LISTDIR,
+    RMFILE,
+)
+"""Buildbot's file commands, which the runner executes besides ``shell``."""
+COMMANDS = (SHELL, *FILE_COMMANDS)
+"""Every command a wiremsg worker runs (and announces in ``worker_info``)."""
+TRANSFER_COMMANDS = frozenset({UPLOAD_FILE, UPLOAD_DIRECTORY, DOWNLOAD_FILE})
+"""The commands that move a file's bytes in ``file_*`` messages."""
+COMMAND_ALIASES: Mapping[str, str] = {
+    "upload_file": UPLOAD_FILE,
+    "upload_directory": UPLOAD_DIRECTORY,
+    "download_file": DOWNLOAD_FILE,
+}
+"""Buildbot's snake_case aliases of the transfer commands."""
+MAX_BLOCKSIZE = 512 * 1024
+"""The largest transfer block: Buildbot's PB carries at most 640 KiB in one string."""
 COMMAND_VERSION = "3.3"
 """The version reported for each command in ``worker_info`` (Buildbot's ``command_version``)."""
 
@@ -594,3 +715,203 @@ class Shutdown:
         """Parse a received body. :raises BodyError: if it is not an object."""
         _object(_or_empty(body), SHUTDOWN)
         return cls()
+
+
+# -- file commands and transfers ------------------------------------------------------------------
+
+_PATH = "path"
+_PATHS = "paths"
+_INT = "int"
+_BOOL = "bool"
+
+# Per command: argument → (type, required, default). A missing optional argument takes its
+# default; keys not listed are kept as they are (Buildbot's ``logEnviron``, ``timeout``, ...).
+_FILE_ARGS: Mapping[str, Mapping[str, tuple[str, bool, JSON]]] = {
+    UPLOAD_FILE: {
+        "workdir": (_PATH, False, "."),
+        "workersrc": (_PATH, True, None),
+        "maxsize": (_INT, False, None),
+        "blocksize": (_INT, False, 256 * 1024),
+        "keepstamp": (_BOOL, False, False),
+    },
+    UPLOAD_DIRECTORY: {
+        "workdir": (_PATH, False, "."),
+        "workersrc": (_PATH, True, None),
+        "maxsize": (_INT, False, None),
+        "blocksize": (_INT, False, 256 * 1024),
+        "compress": ("compress", False, None),
+    },
+    DOWNLOAD_FILE: {
+        "workdir": (_PATH, False, "."),
+        "workerdest": (_PATH, True, None),
+        "maxsize": (_INT, False, None),
+        "blocksize": (_INT, False, 16 * 1024),
+        "mode": (_INT, False, None),
+    },
+    MKDIR: {"dir": (_PATHS, True, None)},
+    RMDIR: {"dir": (_PATHS, True, None)},
+    CPDIR: {"fromdir": (_PATH, True, None), "todir": (_PATH, True, None)},
+    STAT: {"file": (_PATH, True, None), "workdir": (_PATH, False, ".")},
+    GLOB: {"path": (_PATH, True, None)},
+    LISTDIR: {"dir": (_PATH, True, None)},
+    RMFILE: {"path": (_PATH, True, None)},
+}
+
+
+def canonical_command(name: str) -> str:
+    """A command's name with Buildbot's aliases resolved (``upload_file`` → ``uploadFile``)."""
+    return COMMAND_ALIASES.get(name, name)
+
+
+def file_args(command: str, args: object) -> dict[str, JSON]:
+    """Check the ``args`` of a file command (:data:`FILE_COMMANDS`) and fill in defaults.
+
+    Paths are strings relative to the worker's basedir (the runner refuses any that leave
+    it); ``dir`` of ``mkdir``/``rmdir`` may be a list; ``blocksize`` is capped at
+    :data:`MAX_BLOCKSIZE`. Unknown keys are kept.
+
+    :raises BodyError: an unknown command, or naming the first bad argument.
+    """
+    path = _ARGS
+    spec = _FILE_ARGS.get(canonical_command(command))
+    if spec is None:
+        raise BodyError(f"{START_COMMAND}.command", f"{command!r} is not a file command")
+    d = dict(_object(_or_empty(args), path))
+    for key, (kind, required, default) in spec.items():
+        where = f"{path}.{key}"
+        value = d.get(key)
+        if value is None:
+            if required:
+                raise BodyError(where, "is required")
+            d[key] = default
+            continue
+        if kind == _PATH:
+            if not isinstance(value, str):
+                raise BodyError(where, f"must be a string, not {type(value).__name__}")
+            _text(value, where)
+        elif kind == _PATHS:
+            items = value if isinstance(value, list) else [value]
+            if not items or not all(isinstance(v, str) and v for v in items):
+                raise BodyError(where, "must be a path or a non-empty list of paths")
+            for v in items:
+                _text(v, where)
+        elif kind == _INT:
+            number = _opt_int(d, key, path)
+            if number is not None and number < 0:
+                raise BodyError(where, f"must not be negative, not {number}")
+            if key == "blocksize":
+                if not number:
+                    raise BodyError(where, "must be positive")
+                d[key] = min(number, MAX_BLOCKSIZE)
+        elif kind == _BOOL:
+            _bool(d, key, path, False)
+        elif value not in ("gz", "bz2"):
+            raise BodyError(where, f"must be null, 'gz' or 'bz2', not {value!r}")
+    return d
+
+
+def _b64(d: Mapping[str, Any], key: str, path: str) -> bytes:
+    text = _str(d, key, path, "")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise BodyError(f"{path}.{key}", "is not base64") from None
+
+
+def _b64_text(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True)
+class FileWrite:
+    """A ``file_write``: the next ``data`` block of command ``command_id``'s upload."""
+
+    command_id: str
+    data: bytes
+
+    def to_body(self) -> dict[str, JSON]:
+        """The JSON body (``data`` in base64)."""
+        return {"command_id": self.command_id, "data": _b64_text(self.data)}
+
+    @classmethod
+    def from_body(cls, body: object) -> Self:
+        """Parse a received body. :raises BodyError: naming the first bad field."""
+        d = _object(body, FILE_WRITE)
+        return cls(_id(d, FILE_WRITE), _b64(d, "data", FILE_WRITE))
+
+
+@dataclass(frozen=True)
+class FileUtime:
+    """A ``file_utime``: set the uploaded file's access and modification times."""
+
+    command_id: str
+    atime: float
+    mtime: float
+
+    def to_body(self) -> dict[str, JSON]:
+        """The JSON body."""
+        return {"command_id": self.command_id, "atime": self.atime, "mtime": self.mtime}
+
+    @classmethod
+    def from_body(cls, body: object) -> Self:
+        """Parse a received body. :raises BodyError: naming the first bad field."""
+        d = _object(body, FILE_UTIME)
+        atime = _opt_number(d, "atime", FILE_UTIME)
+        mtime = _opt_number(d, "mtime", FILE_UTIME)
+        if atime is None or mtime is None:
+            raise BodyError(f"{FILE_UTIME}.atime", "atime and mtime are required")
+        return cls(_id(d, FILE_UTIME), atime, mtime)
+
+
+@dataclass(frozen=True)
+class FileDone:
+    """A ``file_close`` or ``file_unpack``: the transfer of ``command_id`` is complete."""
+
+    command_id: str
+
+    def to_body(self) -> dict[str, JSON]:
+        """The JSON body."""
+        return {"command_id": self.command_id}
+
+    @classmethod
+    def from_body(cls, body: object, kind: str = FILE_CLOSE) -> Self:
+        """Parse a received body. :raises BodyError: naming the first bad field."""
+        return cls(_id(_object(body, kind), kind))
+
+
+@dataclass(frozen=True)
+class FileRead:
+    """A ``file_read`` request: up to ``length`` more bytes of ``command_id``'s download."""
+
+    command_id: str
+    length: int
+
+    def to_body(self) -> dict[str, JSON]:
+        """The JSON body."""
+        return {"command_id": self.command_id, "length": self.length}
+
+    @classmethod
+    def from_body(cls, body: object) -> Self:
+        """Parse a received body. :raises BodyError: naming the first bad field."""
+        d = _object(body, FILE_READ)
+        length = _opt_int(d, "length", FILE_READ)
+        if length is None or length <= 0:
+            raise BodyError(f"{FILE_READ}.length", "must be a positive integer")
+        return cls(_id(d, FILE_READ), min(length, MAX_BLOCKSIZE))
+
+
+@dataclass(frozen=True)
+class FileChunk:
+    """The reply to ``file_read``: the next bytes, empty at the end of the file."""
+
+    data: bytes
+
+    def to_body(self) -> dict[str, JSON]:
+        """The JSON body (``data`` in base64)."""
+        return {"data": _b64_text(self.data)}
+
+    @classmethod
+    def from_body(cls, body: object) -> Self:
+        """Parse a received body. :raises BodyError: naming the first bad field."""
+        path = f"{FILE_READ} reply"
+        return cls(_b64(_object(body, path), "data", path))
