@@ -8,9 +8,19 @@ from collections import OrderedDict
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from wiremsg.codec import _has_small_float
 from wiremsg.errors import MessageError
-from wiremsg.message import MAX_DEPTH, MAX_KIND_LENGTH, Message, validate_body, validate_kind
+from wiremsg.message import (
+    MAX_DEPTH,
+    MAX_KIND_LENGTH,
+    Message,
+    scan_body,
+    validate_body,
+    validate_kind,
+)
 
 
 def nested(depth: int) -> Any:
@@ -223,3 +233,57 @@ def test_trusted_is_still_immutable_and_equal() -> None:
         msg.kind = "other"  # type: ignore[misc]
     assert msg == Message("k", {"a": 1}, id="i")
     assert Message.trusted("k", {"a": 1}).reply_to is None
+
+
+# -- scan_body: the send path's one-pass check ---------------------------------------------
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+_bodies = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=30,
+)
+_anything = st.recursive(
+    _scalars
+    | st.integers()
+    | st.floats()
+    | st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1)
+    | st.binary(max_size=3)
+    | st.sets(st.integers(), max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner)
+        | st.dictionaries(st.text(max_size=4) | st.integers(), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(_bodies)
+@example({"line": "x" * 200})
+@example({"k": 1e-5})
+@example([{"a": [-2e-7]}])
+@example(nested(MAX_DEPTH))
+def test_scan_body_agrees_with_validate_body_and_finds_small_floats(body: Any) -> None:
+    assert scan_body(body) == (validate_body(body), _has_small_float(body))
+
+
+@given(_anything)
+@example(nested(MAX_DEPTH + 1))
+@example({"ok": 1, 2: "key"})
+@example({"a": 2**64})
+def test_scan_body_refuses_exactly_what_validate_body_refuses(body: Any) -> None:
+    try:
+        expected = validate_body(body)
+    except MessageError as exc:
+        with pytest.raises(MessageError) as info:
+            scan_body(body)
+        assert str(info.value) == str(exc), "the same path and reason"
+    else:
+        assert scan_body(body)[0] == expected

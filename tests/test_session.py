@@ -1821,6 +1821,15 @@ def test_a_body_estimated_over_the_frame_limit_is_refused_at_once() -> None:
     assert pair.worker.in_flight == 0
 
 
+def test_small_floats_in_a_body_cross_in_the_standard_librarys_spelling() -> None:
+    pair = SessionPair(worker_options={"codecs": ("json",)})
+    pair.worker.send("n", {"tiny": 1e-05, "fine": [0.5, "1e-5"]})
+    pair.worker.send("n", {"plain": "text", "list": [1, 2]})
+    tiny, plain = pair.worker.take_frames()
+    assert b'"tiny":1e-05' in tiny and b'"fine":[0.5,"1e-5"]' in tiny
+    assert json.loads(plain)["body"] == {"plain": "text", "list": [1, 2]}
+
+
 @pytest.mark.parametrize(
     ("name", "known", "why"), [("w1", True, "wrong proof"), ("mallory", False, "unknown worker")]
 )

@@ -64,3 +64,13 @@ def test_reset_forgets_everything_in_flight() -> None:
     window.reset()
     assert (window.messages, window.bytes) == (0, 0)
     assert not window.full
+
+
+def test_acked_takes_several_messages_at_once() -> None:
+    window = SendWindow(max_messages=3, max_bytes=1000)
+    for size in (10, 20, 30):
+        window.sent(size)
+    assert window.full
+    window.acked(30, count=2)
+    assert (window.messages, window.bytes) == (1, 30)
+    assert window.fits(970) and not window.fits(971)

@@ -230,6 +230,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("msg", {"request": 1}, "request"),
     ("msg", {"request": "yes"}, "request"),
     ("msg", {"request": None}, "request"),
+    ("msg", {"request": True, "reply_to": 3}, "reply_to"),
+    ("msg", {"request": "yes", "reply_to": "r"}, "request"),
     ("msg", {"reply_to": "r", "error": "boom"}, "error"),
     ("msg", {"reply_to": "r", "error": ["c", "r"]}, "error"),
     ("msg", {"reply_to": "r", "error": {"reason": "r"}}, "error.code"),

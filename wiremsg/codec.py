@@ -36,8 +36,12 @@ class Codec(Protocol):
     name: str
     max_frame: int
 
-    def encode(self, obj: dict[str, Any]) -> bytes:
-        """Return ``obj`` as bytes. Raises :class:`FrameTooLarge` if over ``max_frame``."""
+    def encode(self, obj: dict[str, Any], small_floats: bool = True) -> bytes:
+        """Return ``obj`` as bytes. Raises :class:`FrameTooLarge` if over ``max_frame``.
+
+        ``small_floats=False`` promises that ``obj`` holds no float with ``0 < |f| < 1e-4``
+        (:func:`~wiremsg.message.scan_body` tells), which spares a codec that formats those
+        specially a walk over ``obj``."""
         ...
 
     def decode(self, frame: bytes) -> Any:
@@ -101,9 +105,10 @@ class JSONCodec:
         self.max_frame = max_frame
         self._decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
 
-    def encode(self, obj: dict[str, Any]) -> bytes:
-        """Encode ``obj``; raises :class:`FrameTooLarge` past ``max_frame``."""
-        if _orjson is not None and not _has_small_float(obj):
+    def encode(self, obj: dict[str, Any], small_floats: bool = True) -> bytes:
+        """Encode ``obj``; raises :class:`FrameTooLarge` past ``max_frame``. With
+        ``small_floats=False`` (the caller knows there are none) ``obj`` is not walked."""
+        if _orjson is not None and not (small_floats and _has_small_float(obj)):
             data: bytes = _orjson.dumps(obj)
         else:
             data = _stdlib_dumps(obj)
@@ -136,8 +141,9 @@ class MsgpackCodec:
         self.max_frame = max_frame
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 
-    def encode(self, obj: dict[str, Any]) -> bytes:
-        """Encode ``obj``; raises :class:`FrameTooLarge` past ``max_frame``."""
+    def encode(self, obj: dict[str, Any], small_floats: bool = True) -> bytes:
+        """Encode ``obj``; raises :class:`FrameTooLarge` past ``max_frame``
+        (``small_floats`` is accepted for the :class:`Codec` protocol and ignored)."""
         data: bytes = self._packer.pack(obj)
         if len(data) > self.max_frame:
             raise FrameTooLarge(len(data), self.max_frame)

@@ -27,6 +27,10 @@ log = Logger()
 Handler = Callable[..., Any]
 
 
+_PLAIN = frozenset({dict, list, str, int, float, bool, type(None)})
+"""Result types that are a reply body as they are (never a Deferred or an awaitable)."""
+
+
 class Handlers:
     """A registry of handlers by kind, and the dispatch of received messages to them."""
 
@@ -80,7 +84,11 @@ class Handlers:
                     "{owner}: handler for {kind!r} failed", owner=self._owner, kind=message.kind
                 )
             return
-        if result is not None and not isinstance(result, Deferred) and inspect.isawaitable(result):
+        if type(result) in _PLAIN:  # the usual answer: a body (or None), not a Deferred
+            if request:
+                self._answer(driver, message, result)
+            return
+        if not isinstance(result, Deferred) and inspect.isawaitable(result):
             result = ensureDeferred(result)  # type: ignore[arg-type]
         if isinstance(result, Deferred):
             if request:

@@ -74,7 +74,7 @@ from wiremsg.events import (
     SendFailed,
     SessionStats,
 )
-from wiremsg.message import JSON, Message, validate_body, validate_kind
+from wiremsg.message import JSON, MAX_KIND_LENGTH, Message, scan_body, validate_kind
 from wiremsg.window import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, SendWindow
 
 # -- limits and defaults (constructor arguments override them) ------------------------------
@@ -125,6 +125,9 @@ class State(enum.Enum):
     __hash__ = object.__hash__  # members are singletons; Enum's hash is slow Python code
 
 
+_OPEN = State.OPEN  # hot-path checks read a module global, not the Enum class's attribute
+_CLOSED = State.CLOSED
+
 _HANDSHAKING = frozenset(
     {
         State.AWAIT_HELLO,
@@ -136,13 +139,15 @@ _HANDSHAKING = frozenset(
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Outgoing:
     """A message on its way: queued (seq 0) or in flight (seq assigned)."""
 
     message: Message
     request: bool
     error: tuple[str, str] | None
+    small_floats: bool = False
+    """The body holds a float that the JSON codec must format the standard library's way."""
     size: int = 0
     seq: int = 0
 
@@ -280,7 +285,7 @@ class Session:
 
     def next_deadline(self) -> float | None:
         """The clock time at which :meth:`tick` has work to do, or None."""
-        if self.state is State.OPEN:  # the hot path: called after every frame in and out
+        if self.state is _OPEN:  # the hot path: called after every frame in and out
             hb = self.heartbeat
             deadline = self._last_tx + hb
             dead = self._last_rx + hb * self.dead_after
@@ -306,7 +311,7 @@ class Session:
     @property
     def writable(self) -> bool:
         """True when a send would go straight out (nothing is queued behind the window)."""
-        return not self._pending and self.state is State.OPEN and not self._window.full
+        return not self._pending and self.state is _OPEN and not self._window.full
 
     @property
     def in_flight(self) -> int:
@@ -354,6 +359,19 @@ class Session:
 
     def frame_received(self, data: bytes) -> None:
         """Feed one whole frame from the link."""
+        if self.state is _OPEN:  # the hot path: a msg in an open session
+            size = len(data)
+            self.stats.bytes_received += size
+            self._last_rx = self._clock()
+            try:
+                frame = self._codec.decode(data)
+                if type(frame) is dict and frame.get("type") == "msg":
+                    self._on_msg(wire.check_msg(frame), size)
+                else:
+                    self._dispatch(frame, size)
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+            return
         if self.state in (State.CLOSED, State.DETACHED, State.IDLE, State.AUTHENTICATED):
             if self.state is State.AUTHENTICATED:
                 self._protocol_error(
@@ -364,18 +382,20 @@ class Session:
         self.stats.bytes_received += size
         self._last_rx = self._clock()
         try:
-            frame = self._codec.decode(data)
-            ftype = wire.frame_type(frame)
-            handler = TRANSITIONS.get((self.role, self.state, ftype))
-            if handler is None:
-                raise ProtocolError(
-                    wire.UNEXPECTED, f"{ftype!r} frame not allowed in state {self.state.value}"
-                )
-            check = wire.CHECKS[ftype]
-            check(frame)
-            getattr(self, handler)(frame, size)
+            self._dispatch(self._codec.decode(data), size)
         except ProtocolError as exc:
             self._protocol_error(exc)
+
+    def _dispatch(self, frame: Any, size: int) -> None:
+        """Check a decoded frame against :data:`TRANSITIONS` and its shape, then act on it."""
+        ftype = wire.frame_type(frame)
+        handler = TRANSITIONS.get((self.role, self.state, ftype))
+        if handler is None:
+            raise ProtocolError(
+                wire.UNEXPECTED, f"{ftype!r} frame not allowed in state {self.state.value}"
+            )
+        wire.CHECKS[ftype](frame)
+        getattr(self, handler)(frame, size)
 
     def tick(self) -> None:
         """Act on every deadline that has passed (call at :meth:`next_deadline`)."""
@@ -615,7 +635,10 @@ class Session:
 
     def _on_msg(self, frame: dict[str, Any], size: int) -> None:
         seq = frame["seq"]
-        self._handle_ack(frame["ack"])
+        ack = frame["ack"]
+        outbox = self._outbox
+        if ack > self._out_seq or (outbox and ack >= outbox[0].seq):  # else nothing to do
+            self._handle_ack(ack)
         if seq <= self._in_seq:
             self.stats.duplicates_dropped += 1
             return
@@ -691,8 +714,8 @@ class Session:
         self.stats.bytes_sent += len(data)
         self._frames.append(data)
 
-    def _emit_data(self, frame: dict[str, Any]) -> int:
-        data = self._codec.encode(frame)
+    def _emit_data(self, frame: dict[str, Any], small_floats: bool = True) -> int:
+        data = self._codec.encode(frame, small_floats)
         self.stats.bytes_sent += len(data)
         self._frames.append(data)
         self._last_tx = self._clock()
@@ -742,42 +765,45 @@ class Session:
         reply_to: str | None = None,
         error: tuple[str, str] | None = None,
     ) -> Message:
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             raise LinkLost("the session is closed")
-        validate_kind(kind)
+        if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH or not kind.isascii():
+            validate_kind(kind)  # raises, or accepts a non-ASCII kind
         if body is None:
             body = {}
-            estimate = 2
+            estimate, small = 2, False
         else:
-            estimate = validate_body(body)
+            estimate, small = scan_body(body)
             if estimate > self.max_frame:
                 raise MessageError(
                     "body", f"about {estimate} bytes: over the frame limit of {self.max_frame}"
                 )
-        if self._pending and (
-            len(self._pending) >= self.max_pending or self._pending_bytes >= self.max_pending_bytes
+        pending = self._pending
+        if pending and (
+            len(pending) >= self.max_pending or self._pending_bytes >= self.max_pending_bytes
         ):
-            raise WindowFull(f"{len(self._pending)} messages already wait for the window")
-        self._next_id += 1
-        msg = Message.trusted(kind, body, f"{self._ids}{self._next_id}", reply_to)
-        out = _Outgoing(msg, request, error)
-        if not self._pending and self.state is State.OPEN and self._window.fits(0):
+            raise WindowFull(f"{len(pending)} messages already wait for the window")
+        self._next_id = next_id = self._next_id + 1
+        msg = Message.trusted(kind, body, f"{self._ids}{next_id}", reply_to)
+        out = _Outgoing(msg, request, error, small)
+        window = self._window
+        if not pending and self.state is _OPEN and window.fits(0):
             self._send_now(out)
-            if self._window.full:
+            if not window.fits(0):
                 self._set_paused(True)
         else:
             out.size = len(kind) + estimate + 64  # an estimate until it is encoded
-            self._pending.append(out)
+            pending.append(out)
             self._pending_bytes += out.size
             self._set_paused(True)
         return msg
 
     def _send_now(self, out: _Outgoing) -> None:
-        out.seq = self._out_seq + 1
-        out.size = self._emit_msg(out)  # may raise MessageError: then no seq is used up
-        self._out_seq = out.seq
+        seq = out.seq = self._out_seq + 1
+        size = out.size = self._emit_msg(out)  # may raise MessageError: then no seq is used up
+        self._out_seq = seq
         self._outbox.append(out)
-        self._window.sent(out.size)
+        self._window.sent(size)
         self.stats.messages_sent += 1
 
     def _emit_msg(self, out: _Outgoing) -> int:
@@ -797,7 +823,7 @@ class Session:
         if out.error is not None:
             frame["error"] = {"code": out.error[0], "reason": out.error[1]}
         try:
-            return self._emit_data(frame)
+            return self._emit_data(frame, out.small_floats)
         except ProtocolError as exc:  # FrameTooLarge: our own message is too big
             raise MessageError("body", exc.reason) from None
 
@@ -828,8 +854,11 @@ class Session:
         outbox = self._outbox
         if not outbox or ack < outbox[0].seq:
             return
+        count = size = 0
         while outbox and outbox[0].seq <= ack:
-            self._window.acked(outbox.popleft().size)
+            size += outbox.popleft().size
+            count += 1
+        self._window.acked(size, count)
         if self._pending or self._paused:
             self._flush_pending()
 

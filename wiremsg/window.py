@@ -51,9 +51,9 @@ class SendWindow:
         self.messages += 1
         self.bytes += size
 
-    def acked(self, size: int) -> None:
-        """Account for one in-flight message of ``size`` bytes acknowledged."""
-        self.messages -= 1
+    def acked(self, size: int, count: int = 1) -> None:
+        """Account for ``count`` in-flight messages of ``size`` bytes in all acknowledged."""
+        self.messages -= count
         self.bytes -= size
 
     def reset(self) -> None:

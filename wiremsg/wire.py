@@ -187,9 +187,16 @@ def check_msg(frame: dict[str, Any]) -> dict[str, Any]:
         and type(kind) is str
         and 0 < len(kind) <= MAX_KIND_LENGTH
         and "body" in frame
-        and len(frame) == 6
     ):
-        return frame
+        n = len(frame)
+        if n == 6:
+            return frame
+        if n == 7:  # a request, or a plain reply
+            if frame.get("request") is True:
+                return frame
+            reply_to = frame.get("reply_to")
+            if type(reply_to) is str and 0 < len(reply_to) <= MAX_ID_LENGTH:
+                return frame
     seq = frame.get("seq")
     if type(seq) is not int or seq < 1:
         raise _bad("seq", "missing or not a positive integer")
