@@ -19,7 +19,14 @@ from twisted.logger import Logger
 
 from wiremsg.backends.base import CloseReason, Link
 from wiremsg.errors import LinkClosed, WiremsgError
-from wiremsg.events import DropLink, Event, ReplyReceived, RequestFailed, SendFailed
+from wiremsg.events import (
+    DropLink,
+    Event,
+    MessageReceived,
+    ReplyReceived,
+    RequestFailed,
+    SendFailed,
+)
 from wiremsg.message import JSON, Message
 from wiremsg.session import Session
 
@@ -41,6 +48,14 @@ class _Receiver:
         driver = self.driver
         if driver is not None and driver._receiver is self:
             driver._frame(frame)
+
+    def frames_received(self, frames: list[bytes]) -> None:
+        start, end = 0, len(frames)
+        while start < end:  # a resume mid-batch hands the link, and the rest, to another driver
+            driver = self.driver
+            if driver is None or driver._receiver is not self:
+                return
+            start = driver._frames(frames, start, self)
 
     def link_closed(self, reason: CloseReason) -> None:
         driver = self.driver
@@ -104,6 +119,23 @@ class SessionDriver:
         self.session.frame_received(frame)
         self.flush()
 
+    def _frames(self, frames: list[bytes], start: int, receiver: _Receiver) -> int:
+        """Feed ``frames[start:]`` while ``receiver`` is current; returns where it stopped.
+
+        Each frame's frames and events are acted on at once, as for single frames; the drain
+        waiters and the timer are seen to once, at the end."""
+        feed, pump = self.session.frame_received, self._pump
+        end = len(frames)
+        pos = start
+        try:
+            while pos < end and self._receiver is receiver:
+                feed(frames[pos])
+                pos += 1
+                pump()
+        finally:
+            self.flush()
+        return pos
+
     def _lost(self, reason: CloseReason) -> None:
         self.link = None
         self._receiver = None
@@ -114,10 +146,14 @@ class SessionDriver:
 
     def send(self, kind: str, body: JSON = None) -> Message:
         """Send a one-way message (queued if the window is full or the link is down)."""
-        msg = self.session.send(kind, body)
+        session = self.session
+        msg = session.send(kind, body)
         # A send only moves deadlines later (the heartbeat), so the armed timer stays valid:
-        # at worst it fires early and tick() re-arms. Skipping _arm is the send fast path.
-        self.flush(arm=self._timer is None)
+        # at worst it fires early and tick() re-arms. Skipping _arm is the send fast path; a
+        # send acknowledges nothing, so there is no drain waiter to look at either.
+        self._pump()
+        if self._timer is None:
+            self._arm()
         return msg
 
     def request(
@@ -139,12 +175,22 @@ class SessionDriver:
 
     # -- output ---------------------------------------------------------------------------
 
-    def flush(self, arm: bool = True) -> None:
+    def flush(self) -> None:
         """Write the session's frames, act on its events, and re-arm the timer.
 
         Loops until the session is quiet: an event handler may produce more frames (the
         master's ``accept()`` after ``Authenticated`` writes ``welcome``).
         """
+        self._pump()
+        session = self.session
+        if self._drain_waiters and session.in_flight == 0:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for w in waiters:
+                w.callback(None)
+        self._arm()
+
+    def _pump(self) -> None:
+        """Write the session's frames and act on its events until it is quiet."""
         session = self.session
         while True:
             frames = session.take_frames()
@@ -161,12 +207,6 @@ class SessionDriver:
                 break
             for event in events:
                 self._handle(event)
-        if self._drain_waiters and session.in_flight == 0:
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for w in waiters:
-                w.callback(None)
-        if arm:
-            self._arm()
 
     def when_drained(self) -> Deferred[None]:
         """Fires once every message sent so far has been acknowledged by the peer."""
@@ -178,7 +218,12 @@ class SessionDriver:
         return d
 
     def _handle(self, event: Event) -> None:
-        if type(event) is ReplyReceived:
+        if type(event) is MessageReceived:  # the hot path: straight to the owner
+            try:
+                self.on_event(self, event)
+            except Exception:
+                log.failure("event handler failed on {event!r}", event=event)
+        elif type(event) is ReplyReceived:
             d = self._waiting.pop(event.message.reply_to or "", None)
             if d is not None:
                 d.callback(event.message)

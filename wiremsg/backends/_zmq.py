@@ -121,7 +121,7 @@ _ACK, _PROBE = b"A", b"P"
 _U32 = struct.Struct("!I").pack
 _U32_FROM = struct.Struct("!I").unpack_from
 _EVENT = struct.Struct("=HI").unpack_from
-_COPY_BELOW = 64 * 1024  # zero-copy sends above this size
+_COPY_BELOW = 1024 * 1024  # zero-copy sends above this size
 _CURVE_SLACK = 1024  # MAXMSGSIZE counts CURVE's box too
 _FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -447,15 +447,24 @@ class ZMQLink(BaseLink):
         """One message from the peer."""
         kind = data[0] if data else -1
         if kind == _D:
-            end, pos, limit, deliver = len(data), 1, self.max_frame, self._deliver
-            while pos < end and not (self._closing or self._released):
+            if self._closing or self._released:
+                return
+            end, pos, limit = len(data), 1, self.max_frame
+            frames: list[bytes] = []
+            append = frames.append
+            while pos < end:
                 stop = pos + 4
                 (size,) = _U32_FROM(data, pos) if stop <= end else (-1,)
                 if size > limit or size < 0 or stop + size > end:
-                    self._violate(f"a bad record (length {size}, limit {limit}, {end - pos} left)")
+                    self._deliver_all(frames)  # what came before the bad record is good
+                    if not (self._closing or self._released):
+                        self._violate(
+                            f"a bad record (length {size}, limit {limit}, {end - pos} left)"
+                        )
                     return
                 pos = stop + size
-                deliver(data[stop:pos])
+                append(data[stop:pos])
+            self._deliver_all(frames)
         elif kind == _B:
             self._conn.try_send(self._ident, _ACK)
             if self._bye:  # both closed at once: the peer's bye answers ours

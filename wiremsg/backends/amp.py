@@ -385,35 +385,41 @@ class FrameProtocol(amp.BinaryBoxProtocol):
     # -- internals -------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        """Parse records from the next piece of the stream and deliver whole frames."""
+        """Parse records from the next piece of the stream and deliver whole frames, all the
+        frames of one piece together (:meth:`BaseLink._deliver_all`)."""
         link = self.link
         if self._head:
             data, self._head = self._head + data, b""
         pos, end, want = 0, len(data), self._want
+        frames: list[bytes] = []
         if want:
             if end < want:
                 self._parts.append(data)
                 self._want = want - end
                 return
             self._parts.append(data[:want])
-            frame, self._parts, self._want, pos = b"".join(self._parts), [], 0, want
-            link._deliver(frame)
+            frames.append(b"".join(self._parts))
+            self._parts, self._want, pos = [], 0, want
         limit = link.max_frame
-        while pos + 4 <= end and not link._closing:
+        while pos + 4 <= end:
             (length,) = _U32_FROM(data, pos)
             if length > limit:
-                self._violate(f"a frame of {length} bytes (the limit is {limit})")
+                link._deliver_all(frames)  # what came before the bad record is good
+                if not link._closing:
+                    self._violate(f"a frame of {length} bytes (the limit is {limit})")
                 return
             pos += 4
             stop = pos + length
             if stop > end:
                 self._parts = [data[pos:]]
                 self._want = stop - end
-                return
-            link._deliver(data[pos:stop])
+                break
+            frames.append(data[pos:stop])
             pos = stop
-        if pos < end and not link._closing:
-            self._head = data[pos:]
+        else:
+            if pos < end:
+                self._head = data[pos:]
+        link._deliver_all(frames)
 
     def _refuse(self, box: dict[bytes, bytes]) -> None:
         command, ask = box.get(amp.COMMAND), box.get(amp.ASK)

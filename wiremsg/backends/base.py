@@ -73,6 +73,21 @@ class LinkReceiver(Protocol):
         """The link is closed: called exactly once, after the last ``frame_received``."""
 
 
+class BatchReceiver(LinkReceiver, Protocol):
+    """A :class:`LinkReceiver` that can also take the frames a backend received together.
+
+    :class:`BaseLink` uses :meth:`frames_received` when the receiver has it and the backend
+    delivers a batch (:meth:`BaseLink._deliver_all`); the session driver implements it, so that
+    it acts on a whole batch (acks, timers) once instead of once per frame.
+    """
+
+    def frames_received(self, frames: list[bytes]) -> None:
+        """Several whole frames arrived, in order: the same as calling ``frame_received`` for
+        each in turn, except that the receiver may put off its own writes until the end of the
+        batch. It must stop taking frames once it has closed the link. Must not raise; an
+        exception is logged and closes the link with an unclean reason."""
+
+
 class Link(ABC):
     """One bidirectional channel of frames between two peers.
 
@@ -205,10 +220,38 @@ class BaseLink(Link):
             return
         self._hand_over(receiver, frame)
 
-    def _hand_over(self, receiver: LinkReceiver, frame: bytes) -> bool:
-        """Give ``frame`` to ``receiver``; a receiver that raises closes the link uncleanly."""
+    def _deliver_all(self, frames: list[bytes]) -> None:
+        """Pass several frames received together up, in order (held until ``attach``). A
+        receiver that closes the link part-way gets none of the rest."""
+        if self._reason is not None or not frames:
+            return
+        receiver = self._receiver
+        if receiver is None or self._held:
+            self._held.extend(frames)
+            return
+        batch = getattr(receiver, "frames_received", None)
+        if batch is None:
+            for frame in frames:
+                if self._closing or self._reason is not None:
+                    return
+                if not self._hand_over(receiver, frame):
+                    return
+            return
+        self._hand_over(receiver, frames, batch)
+
+    def _hand_over(
+        self,
+        receiver: LinkReceiver,
+        frame: Any,
+        take: Callable[[Any], None] | None = None,
+    ) -> bool:
+        """Give ``frame`` to ``receiver`` (or to ``take``, its batch method, a list of frames);
+        a receiver that raises closes the link uncleanly."""
         try:
-            receiver.frame_received(frame)
+            if take is None:
+                receiver.frame_received(frame)
+            else:
+                take(frame)
         except Exception as exc:
             _log.failure("receiver of link to {peer} failed; closing it", peer=self.peer)
             self._held.clear()

@@ -143,8 +143,10 @@ class MemoryLink(BaseLink):
     def _flush(self) -> None:
         self._flush_call = None
         inbox = self._inbox
-        while inbox:
-            self._deliver(inbox.popleft())  # BaseLink turns a receiver's failure into _abort
+        while inbox:  # frames that arrive during a delivery make the next batch
+            frames = list(inbox)
+            inbox.clear()
+            self._deliver_all(frames)  # BaseLink turns a receiver's failure into _abort
         reason, self._pending_close = self._pending_close, None
         if reason is not None:
             if self._flush_call is not None:  # scheduled by a close made during delivery
