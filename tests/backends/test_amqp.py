@@ -62,6 +62,13 @@ async def _until(reactor: Any, what: str, check: Callable[[], bool], timeout: fl
         await deferLater(reactor, 0.01, lambda: None)
 
 
+async def _gone(queue: str, timeout: float = 10.0) -> None:
+    """Wait (bounded) until the broker has deleted ``queue``."""
+    deadline = time.monotonic() + timeout
+    while await deferToThread(_queue_state, queue) != "missing":
+        assert time.monotonic() < deadline, f"{queue} still exists after {timeout:g}s"
+
+
 def _end(link: Link) -> Any:
     return cast(AMQPLink, link)._carrier
 
@@ -228,6 +235,7 @@ async def test_a_vanished_worker_ends_both_halves_with_reasons(
     _end(p.client).conn.abort()  # the worker's broker connection dies
     mine = await p.client_rx.wait_closed()
     assert (mine.clean, mine.local) == (False, False) and "lost the broker" in mine.text
+    await _gone(cast(AMQPLink, p.server).peer_queue)  # the broker has seen the connection go
     harness.send(p.server, b"to nobody")  # the master learns of it from the returned message
     theirs = await p.server_rx.wait_closed()
     assert (theirs.clean, theirs.local) == (False, False)
@@ -246,6 +254,7 @@ async def test_a_listener_that_loses_the_broker_ends_its_links_and_comes_back(
         _end(p.server).conn.abort()  # the master's broker connection dies
         theirs = await p.server_rx.wait_closed()
         assert theirs.clean is False and "lost the broker" in theirs.text
+        await _gone(cast(AMQPLink, p.client).peer_queue)
         harness.send(p.client, b"to a master that is gone")
         mine = await p.client_rx.wait_closed()
         assert mine.clean is False and "is gone" in mine.text and "master" in mine.text
@@ -296,9 +305,11 @@ async def test_a_malformed_message_ends_only_that_link(
         hostile_queue = f"{amqp_prefix}.worker.hostile"
         with _Logged() as logged:
             # A hello answering to another fleet's queue is dropped, and no link is made.
-            await channel.publish("masters", b"H\x01", "0" * 32, "elsewhere.worker.x")
+            props = channel.properties("0" * 32, "elsewhere.worker.x")
+            await channel.publish("masters", b"H\x01", props)
             # A record longer than the message ends the link it names.
-            await channel.publish(own, b"D\xff\xff\xff\xff", vid, hostile_queue)
+            props = channel.properties(vid, hostile_queue)
+            await channel.publish(own, b"D\xff\xff\xff\xff", props)
             reason = await victim.server_rx.wait_closed()
             assert reason.clean is False and "broke the protocol" in reason.text
             told = await victim.client_rx.wait_closed()

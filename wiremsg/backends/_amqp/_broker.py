@@ -65,6 +65,8 @@ MAX_PREFETCH = 65535
 """The largest ``prefetch`` AMQP can express (a short)."""
 CLOSE_TIMEOUT = 5.0
 """Seconds an orderly connection close may take before the TCP connection is aborted."""
+ACK_DELAY = 0.05
+"""Seconds a consumer may hold deliveries unacknowledged (below half its prefetch)."""
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 _COMMON_PARAMS = frozenset({"prefix", "heartbeat", "prefetch"})
@@ -276,6 +278,7 @@ def open_connection(
 
     def opened(_: object) -> None:
         if not result.called:
+            _no_delay(protocol.transport)
             result.callback(BrokerConnection(reactor, protocol, opts))
         elif protocol.transport is not None:  # abandoned meanwhile
             protocol.transport.abortConnection()
@@ -320,6 +323,16 @@ def open_connection(
     return result
 
 
+def _no_delay(transport: Any) -> None:
+    """Turn Nagle off: publishes, confirms and acks are small and must not wait for each
+    other (under TLS the TCP transport is one level down)."""
+    for candidate in (transport, getattr(transport, "transport", None)):
+        set_no_delay = getattr(candidate, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+            return
+
+
 def _cancel_timer(result: Any, timer: Any) -> Any:
     if timer.active():
         timer.cancel()
@@ -340,6 +353,7 @@ class BrokerConnection:
         self._listeners: list[Callable[[str], None]] = []
         self._gone: list[Deferred[None]] = []
         self._abort_call: Any = None
+        self._closing = False
         closed = protocol.closed
         assert closed is not None
         closed.addBoth(self._ended)
@@ -348,6 +362,11 @@ class BrokerConnection:
     def lost(self) -> str | None:
         """Why the connection ended, or None while it is open."""
         return self._lost
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` or :meth:`abort` was called (or the connection ended)."""
+        return self._closing or self._lost is not None
 
     def on_lost(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(why)`` once when the connection ends (at once if it has)."""
@@ -380,7 +399,7 @@ class BrokerConnection:
         async def open_channel() -> BrokerChannel:
             channel = await self._protocol.channel()
             await channel.confirm_delivery()
-            return BrokerChannel(channel, self.opts.prefix)
+            return BrokerChannel(self.reactor, channel, self.opts.prefix)
 
         return Deferred.fromCoroutine(open_channel())
 
@@ -394,6 +413,7 @@ class BrokerConnection:
             d.callback(None)
             return d
         self._gone.append(d)
+        self._closing = True
         if self._abort_call is None:
             self._abort_call = self.reactor.callLater(timeout, self.abort)
             try:
@@ -404,6 +424,7 @@ class BrokerConnection:
 
     def abort(self) -> None:
         """Drop the TCP connection at once (the loss is reported as usual)."""
+        self._closing = True
         transport = self._protocol.transport
         if transport is not None and self._lost is None:
             transport.abortConnection()
@@ -412,7 +433,8 @@ class BrokerConnection:
 class BrokerChannel:
     """A channel in confirm mode, publishing to the ``prefix`` exchange."""
 
-    def __init__(self, channel: Any, exchange: str) -> None:
+    def __init__(self, reactor: Any, channel: Any, exchange: str) -> None:
+        self._reactor = reactor
         self._channel = channel
         self.exchange = exchange
         self._closed: str | None = None
@@ -462,24 +484,23 @@ class BrokerChannel:
         count: int = frame.method.consumer_count
         return count
 
-    def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        link_id: str,
-        reply_to: str,
-        expiration_ms: int | None = None,
-    ) -> Deferred[None]:
-        """Publish ``body`` with ``mandatory`` set; fires once the broker confirms it.
-
-        :returns: a Deferred that fails with :class:`PublishFailed` if the broker returns the
-            message (no queue for ``routing_key``), refuses it, or the channel closes first.
-        """
-        properties = pika.BasicProperties(
+    @staticmethod
+    def properties(link_id: str, reply_to: str, expiration_ms: int | None = None) -> Any:
+        """The message properties :meth:`publish` takes: ``correlation_id`` and ``reply_to``,
+        and a TTL when given (build them once per link: they do not change)."""
+        return pika.BasicProperties(
             correlation_id=link_id,
             reply_to=reply_to,
             expiration=None if expiration_ms is None else str(expiration_ms),
         )
+
+    def publish(self, routing_key: str, body: bytes, properties: Any) -> Deferred[None]:
+        """Publish ``body`` with ``mandatory`` set; fires once the broker confirms it.
+
+        :param properties: from :meth:`properties`.
+        :returns: a Deferred that fails with :class:`PublishFailed` if the broker returns the
+            message (no queue for ``routing_key``), refuses it, or the channel closes first.
+        """
         try:
             d: Deferred[Any] = self._channel.basic_publish(
                 self.exchange, routing_key, body, properties, mandatory=True
@@ -493,19 +514,23 @@ class BrokerChannel:
         self,
         queue: str,
         prefetch: int,
-        on_message: Callable[[str, str, bytes], None],
+        on_message: Callable[[str, str, bytes, bool], None],
         on_end: Callable[[str], None],
+        *,
+        prompt_acks: bool = False,
     ) -> str:
         """Consume ``queue``, at most ``prefetch`` unacknowledged deliveries at a time.
 
-        ``on_message(link_id, reply_to, body)`` is called for each message, in order; the
-        messages that arrived together are acknowledged (in one ``basic.ack``) after they are
-        handled. ``on_end(why)`` is called once when the consumer ends (cancelled, channel or
+        ``on_message(link_id, reply_to, body, redelivered)`` is called for each message, in
+        order; they are acknowledged in bulk after they are handled (see :class:`_Consumer`;
+        with ``prompt_acks``, as soon as those that arrived together are handled).
+        ``on_end(why)`` is called once when the consumer ends (cancelled, channel or
         connection closed). :returns: the consumer tag.
         """
         await self._channel.basic_qos(prefetch_count=prefetch)
         queue_obj, tag = await self._channel.basic_consume(queue, auto_ack=False)
-        _Consumer(self._channel, queue_obj, on_message, on_end).pull()
+        ack_at = 1 if prompt_acks else max(1, prefetch // 2)
+        _Consumer(self._reactor, self._channel, queue_obj, ack_at, on_message, on_end).pull()
         return str(tag)
 
     async def cancel(self, tag: str) -> None:
@@ -528,63 +553,86 @@ def _publish_failure(failure: Failure) -> Failure:
 
 
 class _Consumer:
-    """Pulls a pika consumer's queue without one reactor turn per message."""
+    """Pulls a pika consumer's queue without one reactor turn per message.
+
+    Deliveries are acknowledged together (``multiple``): once those that arrived together are
+    handled if ``ack_at`` are unacknowledged by then, else :data:`ACK_DELAY` seconds after the
+    first unacknowledged one, so that an acknowledgement does not go out ahead of the answer a
+    message provoked (nor cost the broker one operation per message).
+    """
 
     def __init__(
         self,
+        reactor: Any,
         channel: Any,
         queue: Any,
-        on_message: Callable[[str, str, bytes], None],
+        ack_at: int,
+        on_message: Callable[[str, str, bytes, bool], None],
         on_end: Callable[[str], None],
     ) -> None:
-        self._channel, self._queue = channel, queue
+        self._reactor, self._channel, self._queue = reactor, channel, queue
         self._on_message, self._on_end = on_message, on_end
+        self._ack_at = ack_at
+        self._unacked = self._last_tag = 0
+        self._ack_call: Any = None
 
     def pull(self) -> None:
-        """Handle every message already there, ack them, then wait for the next."""
-        last_tag = 0
+        """Handle every message already there, then wait for the next."""
         while True:
             if self._queue.closed:
                 self._end(self._queue.closed)
                 return
             d = self._queue.get()
-            if not d.called:  # nothing waiting: ack what was handled, then wait
-                self._ack(last_tag)
+            if not d.called:
+                self._settle()
                 d.addBoth(self._arrived)
                 return
             box: list[Any] = []
             d.addBoth(box.append)  # it has fired: this runs now
-            item = box[0]
-            if isinstance(item, Failure):
-                self._ack(last_tag)
-                self._end(item.value)
+            if isinstance(box[0], Failure):
+                self._end(box[0].value)
                 return
-            last_tag = self._handle(item)
+            self._handle(box[0])
 
     def _arrived(self, item: Any) -> None:
         if isinstance(item, Failure):
             self._end(item.value)
             return
-        self._ack(self._handle(item))
+        self._handle(item)
         self.pull()
 
-    def _handle(self, item: Any) -> int:
+    def _handle(self, item: Any) -> None:
         props = item.properties
         try:
-            self._on_message(props.correlation_id or "", props.reply_to or "", item.body or b"")
+            link_id, reply_to = props.correlation_id or "", props.reply_to or ""
+            self._on_message(link_id, reply_to, item.body or b"", item.method.redelivered)
         except Exception:
             _log.failure("handling an AMQP message failed")
-        tag: int = item.method.delivery_tag
-        return tag
+        self._last_tag = item.method.delivery_tag
+        self._unacked += 1
 
-    def _ack(self, tag: int) -> None:
+    def _settle(self) -> None:
+        if self._unacked >= self._ack_at:
+            self._ack()
+        elif self._unacked and self._ack_call is None:
+            self._ack_call = self._reactor.callLater(ACK_DELAY, self._ack)
+
+    def _ack(self) -> None:
+        self._cancel_ack()
+        tag, self._unacked = self._last_tag, 0
         if tag and self._channel.is_open:
             try:
                 self._channel.basic_ack(tag, multiple=True)
             except pika_errors.AMQPError:
                 pass  # the channel is closing; its end is reported
 
+    def _cancel_ack(self) -> None:
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        self._ack_call = None
+
     def _end(self, exc: BaseException | None) -> None:
+        self._cancel_ack()
         if isinstance(exc, pika_errors.ConsumerCancelled):
             why = "the consumer was cancelled"
         else:

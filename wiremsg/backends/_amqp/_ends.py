@@ -84,15 +84,22 @@ class _End:
 
     def publish(self, link: AMQPLink, body: bytes) -> Deferred[None]:
         """Publish ``body`` to ``link``'s peer (see :class:`~._link.Carrier`)."""
-        return self._publish(link.peer_queue, body, link.link_id)
-
-    def _publish(self, queue: str, body: bytes, link_id: str) -> Deferred[None]:
         channel = self.channel
         if channel is None:
-            failed: Deferred[None] = Deferred()
-            failed.errback(PublishFailed("no broker connection", returned=False))
-            return failed
-        return channel.publish(queue, body, link_id, self.own_queue)
+            return _no_broker()
+        props = link.properties
+        if props is None:
+            props = link.properties = channel.properties(link.link_id, self.own_queue)
+        return channel.publish(link.peer_queue, body, props)
+
+    def _publish(
+        self, queue: str, body: bytes, link_id: str, expiration_ms: int | None = None
+    ) -> Deferred[None]:
+        channel = self.channel
+        if channel is None:
+            return _no_broker()
+        props = channel.properties(link_id, self.own_queue, expiration_ms)
+        return channel.publish(queue, body, props)
 
     def mark(self, link: AMQPLink) -> None:
         """Flush ``link`` at the end of this reactor turn."""
@@ -168,7 +175,7 @@ class MasterEnd(_End):
             await channel.consume(own, self.prefetch, self._on_message, self._consumer_ended)
             if self.listening:
                 self._hello_tag = await channel.consume(
-                    hellos, HELLO_PREFETCH, self._on_hello, self._consumer_ended
+                    hellos, HELLO_PREFETCH, self._on_hello, self._consumer_ended, prompt_acks=True
                 )
         except Exception as exc:
             self.conn = self.channel = None
@@ -181,7 +188,11 @@ class MasterEnd(_End):
 
     # -- incoming ------------------------------------------------------------------------------
 
-    def _on_hello(self, link_id: str, reply_to: str, body: bytes) -> None:
+    def _on_hello(self, link_id: str, reply_to: str, body: bytes, redelivered: bool) -> None:
+        if redelivered:
+            # A master took it and lost its connection before acknowledging it: it may have
+            # answered already, and that link is gone with it. The worker retries if need be.
+            return
         if not self._valid_queue(reply_to, "worker") or not _LINK_ID.match(link_id):
             _log.warn(
                 "{a}: dropped a malformed hello (reply_to {r!r}, id {i!r})",
@@ -210,7 +221,7 @@ class MasterEnd(_End):
     def _refuse(self, reply_to: str, link_id: str, why: str) -> None:
         self._publish(reply_to, with_reason(b"R", why), link_id).addErrback(lambda _: None)
 
-    def _on_message(self, link_id: str, reply_to: str, body: bytes) -> None:
+    def _on_message(self, link_id: str, reply_to: str, body: bytes, redelivered: bool) -> None:
         link = self.links.get(link_id)
         if link is not None:
             link._receive(body)
@@ -222,7 +233,7 @@ class MasterEnd(_End):
 
     def _consumer_ended(self, why: str) -> None:
         conn = self.conn
-        if conn is not None and conn.lost is None and self.listening:
+        if conn is not None and not conn.closing and self.listening:
             _log.warn("{a}: a consumer ended ({why})", a=self.addr.redacted(), why=why)
             conn.abort()  # start over: reconnect and declare again
 
@@ -376,7 +387,7 @@ class WorkerEnd(_End):
         self.channel = channel
         expiry = max(1, int(self.timeout * 1000))
         try:
-            await channel.publish(HELLO_KEY, HELLO, self.link_id, own, expiry)
+            await self._publish(HELLO_KEY, HELLO, self.link_id, expiry)
         except PublishFailed as exc:
             if exc.returned:
                 raise ConnectFailed(
@@ -389,7 +400,7 @@ class WorkerEnd(_End):
         assert exc is not None
         self._fail(exc.args[0] if isinstance(exc, ConnectFailed) else _reason(exc))
 
-    def _on_message(self, link_id: str, reply_to: str, body: bytes) -> None:
+    def _on_message(self, link_id: str, reply_to: str, body: bytes, redelivered: bool) -> None:
         if link_id != self.link_id:
             _log.warn("{a}: dropped a message for another link", a=self.addr.redacted())
             return
@@ -409,7 +420,7 @@ class WorkerEnd(_End):
 
     def _consumer_ended(self, why: str) -> None:
         conn = self.conn
-        if conn is not None and conn.lost is None:
+        if conn is not None and not conn.closing:
             conn.abort()
 
     def _lost(self, why: str) -> None:
@@ -457,6 +468,12 @@ class WorkerEnd(_End):
             self._opening.cancel()
         if self.conn is not None:
             self.conn.abort()
+
+
+def _no_broker() -> Deferred[None]:
+    failed: Deferred[None] = Deferred()
+    failed.errback(PublishFailed("no broker connection", returned=False))
+    return failed
 
 
 def _reason(exc: BaseException) -> str:

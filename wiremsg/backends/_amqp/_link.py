@@ -106,6 +106,8 @@ class AMQPLink(BaseLink):
         self._close_text = "closed"
         self._close_call: Any = None
         self.messages_sent = self.messages_received = 0
+        self.properties: Any = None
+        """The AMQP message properties this end publishes with (set by the carrier)."""
 
     # -- BaseLink hooks ------------------------------------------------------------------------
 
