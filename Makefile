@@ -34,6 +34,7 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python benchmarks/amp.py
 	$(BIN)/python benchmarks/zmq.py
+	$(BIN)/python benchmarks/amqp.py
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""The AMP and ZeroMQ benchmarks run end to end in their quick mode and report every figure
+"""The AMP, ZeroMQ and AMQP benchmarks run end to end in their quick mode and report every figure
 they promise.
 
 Smoke tests: they check the shape of the one-line JSON report, never a speed.
@@ -161,3 +161,63 @@ def test_zmq_context_is_recorded(zmq_report: dict[str, Any]) -> None:
     assert zmq_report["params"]["large_size"] == 65536
     assert {"python", "twisted", "cpus", "pinned", "pyzmq", "libzmq"} <= set(zmq_report["env"])
     assert zmq_report["elapsed_s"] < ZMQ_TIMEOUT
+
+
+# -- benchmarks/amqp.py -------------------------------------------------------------------
+
+AMQP_SCRIPT = ROOT / "benchmarks" / "amqp.py"
+AMQP_TIMEOUT = 40.0
+"""Seconds ``amqp.py --quick`` may take (a few, through the broker) before it is killed."""
+AMQP_IMPLS = ("wiremsg_json", "wiremsg_msgpack", "raw_pika")
+AMQP_RATIOS = tuple(
+    f"ratio_{name}_vs_raw_pika{suffix}"
+    for suffix in ("", "_msgpack")
+    for name in ("msgs", "rtt_p50", "rtt_p99", "large")
+)
+AMQP_TARGETS = (
+    "msgs_vs_raw_pika",
+    "rtt_p50_vs_raw_pika",
+    "msgs_vs_raw_pika_msgpack",
+    "rtt_p50_vs_raw_pika_msgpack",
+)
+
+
+@pytest.fixture(scope="module")
+def amqp_report(amqp_broker: str) -> dict[str, Any]:
+    return _one_json_line(AMQP_SCRIPT, AMQP_TIMEOUT)
+
+
+def test_amqp_one_json_line_with_every_implementation(amqp_report: dict[str, Any]) -> None:
+    assert amqp_report["benchmark"] == "amqp"
+    assert amqp_report["quick"] is True
+    for impl in AMQP_IMPLS:
+        figures = amqp_report[impl]
+        for key in ("msgs_per_s", "rtt_p50_us", "rtt_p99_us", "large_mb_per_s"):
+            assert isinstance(figures[key], int | float) and figures[key] > 0, (impl, key)
+        assert figures["rtt_p50_us"] <= figures["rtt_p99_us"]
+        assert figures["strays"] == 0, impl
+    assert amqp_report["wiremsg_json"]["codec"] == "json"
+    assert amqp_report["wiremsg_msgpack"]["codec"] == "msgpack"
+    assert amqp_report["wiremsg_json"]["small_msgs_per_message"] >= 1
+
+
+def test_amqp_ratios_and_targets(amqp_report: dict[str, Any]) -> None:
+    for key in AMQP_RATIOS:
+        assert isinstance(amqp_report[key], float) and amqp_report[key] > 0, key
+    assert set(amqp_report["targets"]) == {"msgs_vs_raw_pika", "rtt_p50_vs_raw_pika"}
+    assert set(AMQP_TARGETS) == set(amqp_report["targets_met"])
+    for key in AMQP_TARGETS:
+        assert isinstance(amqp_report["targets_met"][key], bool), key
+
+
+def test_amqp_context_is_recorded_and_the_broker_is_left_clean(
+    amqp_report: dict[str, Any],
+) -> None:
+    assert amqp_report["params"]["small_size"] == 200
+    assert amqp_report["params"]["large_size"] == 65536
+    assert {"python", "twisted", "cpus", "pinned", "pika", "rabbitmq"} <= set(amqp_report["env"])
+    assert "guest:guest" not in json.dumps(amqp_report), "no password in the report"
+    assert amqp_report["elapsed_s"] < AMQP_TIMEOUT
+    from tests.broker import queue_exists
+
+    assert not queue_exists(f"{amqp_report['params']['prefix']}.masters")
