@@ -40,6 +40,7 @@ from wiremsg.message import JSON
 from wiremsg.vocabulary import (
     BUILDBOT_SHELL_ARGS,
     CPDIR,
+    FILE_COMMANDS,
     GLOB,
     LISTDIR,
     MKDIR,
@@ -57,6 +58,7 @@ from wiremsg.vocabulary import (
     Update,
     WorkerInfo,
     canonical_command,
+    file_args,
 )
 
 __all__ = [
@@ -420,7 +422,8 @@ def start_from_pb(
 
 def start_to_pb(body: object) -> tuple[str, str, dict[str, Any]]:
     """A ``start_command`` body → ``(command_id, name, args)`` for PB ``startCommand``, with
-    Buildbot's camelCase shell arguments. The caller adds ``writer``/``reader`` references.
+    Buildbot's camelCase shell arguments, and every argument of a file command (defaults
+    filled in). The caller adds ``writer``/``reader`` references.
 
     :raises TranslationError: the body is not a ``start_command``.
     """
@@ -432,4 +435,9 @@ def start_to_pb(body: object) -> tuple[str, str, dict[str, Any]]:
     args: dict[str, Any] = dict(start.args)
     if name == SHELL:
         args = {_SHELL_TO_PB.get(k, k): v for k, v in args.items()}
+    elif name in FILE_COMMANDS:  # Buildbot's worker needs every argument its master sends
+        try:
+            args = file_args(name, args)
+        except BodyError as exc:
+            raise TranslationError(str(exc)) from None
     return start.command_id, name, args

@@ -208,12 +208,21 @@ async def _master(reactor: Any, args: argparse.Namespace) -> None:
     from wiremsg.control import listen_control
     from wiremsg.master import Master
 
-    if args.pb_listen:
-        raise ConfigError("--pb-listen: the legacy PB bridge is not in this version yet")
     workers = load_workers(args.workers)
     _start_logging()
     master = Master(workers, reactor=reactor, heartbeat=args.heartbeat, grace=args.grace)
-    _on_shutdown(reactor, lambda: master.stop("master shutting down"))
+    bridge = None
+    if args.pb_listen:
+        from wiremsg.compat.pbmaster import PBBridge
+
+        bridge = PBBridge(master, workers, reactor)
+
+    async def stop() -> None:
+        if bridge is not None:
+            await bridge.stop()
+        await master.stop("master shutting down")
+
+    _on_shutdown(reactor, stop)
     tracker = CommandTracker(master)
     for url in args.listen:
         listener = await master.listen(url)
@@ -222,6 +231,13 @@ async def _master(reactor: Any, args: argparse.Namespace) -> None:
         host, port = parse_host_port(args.control)
         cport = await listen_control(master, reactor, host, port, tracker)
         _say(f"control on http://{host}:{cport.getHost().port}")
+    if bridge is not None:
+        try:
+            pb_port = await bridge.listen(args.pb_listen)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"--pb-listen {args.pb_listen!r}: {exc}") from None
+        bound = pb_port.getHost()
+        _say(f"pb listening on {bound.host}:{bound.port}")
 
 
 def _on_shutdown(reactor: Any, stop: Callable[[], Any]) -> None:

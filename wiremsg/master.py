@@ -234,6 +234,11 @@ class Master:
 
         return d.addCallback(keep)
 
+    def accept_link(self, link: Link, backend: str) -> None:
+        """Run a worker's handshake on ``link``, made outside :meth:`listen` (such as the PB
+        bridge's in-process links). The worker's status shows ``backend`` and ``link.peer``."""
+        self._on_link(link, backend)
+
     def peer(self, name: str) -> Peer:
         """The registered worker ``name``. :raises NotAttached: if there is none."""
         try:

@@ -179,8 +179,18 @@ def test_start_to_pb_camel_case() -> None:
         "shell",
         {"command": "ls", "maxTime": 5, "sigtermTime": 1},
     )
-    assert start_to_pb({"command_id": "8", "command": "upload_file", "args": {}})[1] == (
-        "uploadFile"
+    upload = {"command_id": "8", "command": "upload_file", "args": {"workersrc": "a"}}
+    assert start_to_pb(upload)[1:] == (
+        "uploadFile",
+        {
+            "workersrc": "a",
+            "workdir": ".",
+            "maxsize": None,
+            "blocksize": 262144,
+            "keepstamp": False,
+        },
     )
+    with pytest.raises(TranslationError, match="workersrc"):
+        start_to_pb({"command_id": "8", "command": "uploadFile", "args": {}})
     with pytest.raises(TranslationError):
         start_to_pb({"command": "shell"})

@@ -1,0 +1,135 @@
+"""The PB bridge in this process with a real ``buildbot-worker`` 4.3.0: transfers byte for
+byte, file commands, duplicate-connection arbitration, print and shutdown."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from wiremsg.compat.pbmaster import BUILDDIR, PBBridge
+
+from tests.compat.legacy import BuildbotWorker, require_buildbot
+from wiremsg.commands import CommandTracker
+from wiremsg.master import Master, Peer
+from wiremsg.testing.harness import bounded
+from wiremsg.transfer import DirectoryWriter, FileReader, FileWriter
+from wiremsg.vocabulary import PRINT, SHUTDOWN, WORKER_INFO
+
+WAIT = 30.0
+SECRET = "pb-secret"
+
+
+class Rig:
+    def __init__(self, reactor: Any, tmp: Path) -> None:
+        self.reactor = reactor
+        self.tmp = tmp
+        self.master = Master({"legacy1": SECRET}, reactor=reactor)
+        self.bridge = PBBridge(self.master, {"legacy1": SECRET}, reactor)
+        self.tracker = CommandTracker(self.master)
+        self.workers: list[BuildbotWorker] = []
+        self.port = 0
+
+    def worker(self, name: str = "legacy1") -> BuildbotWorker:
+        w = BuildbotWorker(self.tmp / f"{name}-{len(self.workers)}", self.port, name, SECRET)
+        self.workers.append(w)
+        w.start()
+        return w
+
+    async def peer(self) -> Peer:
+        return await self.master.wait_for_worker("legacy1", timeout=WAIT)
+
+    async def run(self, command: str, args: dict[str, Any], **kw: Any) -> tuple[int, list[Any]]:
+        updates: list[Any] = []
+        cmd = self.tracker.start(await self.peer(), args, updates.append, command, **kw)
+        return await bounded(cmd.done, self.reactor, WAIT, command), updates
+
+    async def gone(self) -> None:
+        """Wait until every legacy worker's connection is closed on our side."""
+        for legacy in list(self.bridge.legacy.values()):
+            await bounded(legacy.lost, self.reactor, WAIT, f"loss of {legacy.name}")
+
+
+@pytest_twisted.async_yield_fixture()
+async def rig(reactor: Any, tmp_path: Path) -> AsyncIterator[Rig]:
+    require_buildbot()
+    r = Rig(reactor, tmp_path)
+    port = await r.bridge.listen("tcp:0:interface=127.0.0.1")
+    r.port = port.getHost().port
+    try:
+        yield r
+    finally:
+        for w in r.workers:
+            w.kill()
+        await r.gone()
+        await r.bridge.stop()
+        await r.master.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_transfers_round_trip_byte_for_byte(rig: Rig) -> None:
+    legacy = rig.worker()
+    peer = await rig.peer()
+    info = await peer.request(WORKER_INFO, {}, timeout=WAIT)
+    assert info.body["basedir"] == str(legacy.basedir / BUILDDIR)
+    assert {"shell", "uploadFile", "downloadFile", "stat"} <= set(info.body["commands"])
+    payload = os.urandom(1024 * 1024 + 11)
+    source = rig.tmp / "to-worker.bin"
+    source.write_bytes(payload)
+    rc, _ = await rig.run(
+        "downloadFile",
+        {"workdir": "build", "workerdest": "in.bin", "blocksize": 64 * 1024, "mode": 0o600},
+        reader=FileReader(source),
+    )
+    on_worker = legacy.basedir / BUILDDIR / "build" / "in.bin"
+    assert rc == 0 and on_worker.read_bytes() == payload
+    back = rig.tmp / "from-worker.bin"
+    rc, updates = await rig.run(
+        "uploadFile",
+        {"workdir": "build", "workersrc": "in.bin", "blocksize": 256 * 1024, "keepstamp": True},
+        writer=FileWriter(back),
+    )
+    assert rc == 0 and back.read_bytes() == payload
+    assert back.stat().st_mtime == on_worker.stat().st_mtime
+    assert any(str(u.get("header", "")).startswith("sending ") for u in updates)
+    rc, updates = await rig.run("stat", {"file": "in.bin", "workdir": "build"})
+    assert rc == 0 and [u["stat"][6] for u in updates if "stat" in u] == [len(payload)]
+    (legacy.basedir / BUILDDIR / "build" / "tree" / "sub").mkdir(parents=True)
+    (legacy.basedir / BUILDDIR / "build" / "tree" / "sub" / "x.txt").write_text("x")
+    rc, _ = await rig.run(
+        "uploadDirectory",
+        {"workdir": "build", "workersrc": "tree", "compress": "gz"},
+        writer=DirectoryWriter(rig.tmp / "tree"),
+    )
+    assert rc == 0 and (rig.tmp / "tree" / "sub" / "x.txt").read_text() == "x"
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_connection_is_refused_while_the_first_answers(rig: Rig) -> None:
+    rig.worker()
+    first = await rig.peer()
+    second = rig.worker()
+    assert second.popen is not None
+    for _ in range(int(WAIT / 0.2)):  # Buildbot's worker stops itself on this refusal
+        if second.popen.poll() is not None:
+            break
+        await deferLater(rig.reactor, 0.2, lambda: None)  # polling another process
+    assert second.popen.poll() is not None, second.log()
+    assert "rejecting duplicate worker" in second.log()
+    assert rig.master.workers["legacy1"] is first and first.state == "attached"
+
+
+@pytest_twisted.ensureDeferred
+async def test_print_and_shutdown(rig: Rig) -> None:
+    legacy = rig.worker()
+    peer = await rig.peer()
+    peer.send(PRINT, {"message": "hello from wiremsg"})
+    lost: Deferred[Peer] = peer.when_lost()
+    assert (await peer.request(SHUTDOWN, {}, timeout=WAIT)).body == {}
+    await bounded(lost, rig.reactor, WAIT, "the worker to leave")
+    assert legacy.popen is not None and legacy.popen.wait(timeout=WAIT) == 0
+    assert "message from master: hello from wiremsg" in legacy.log()
