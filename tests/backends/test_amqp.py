@@ -407,3 +407,100 @@ def test_two_masters_one_killed_its_workers_reattach_to_the_other(
         assert sorted(proc.stdout.splitlines()) == [f"{n}: here" for n in names]
     finally:
         cluster.close()
+
+
+# -- amqps: TLS to the broker, through a TLS-terminating proxy in front of it -------------------
+
+
+def _write_pki(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for ``localhost`` and a client certificate, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(name: str, issuer: Any, signer: Any, ca: bool, dns: str | None = None) -> Any:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if dns is not None:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False
+            )
+        cert = builder.sign(signer or key, hashes.SHA256())
+        return key, cert
+
+    ca_key, ca_cert = issue("wiremsg test CA", None, None, ca=True)
+    paths: dict[str, Path] = {}
+    for name, dns in (("server", "localhost"), ("client", None)):
+        key, cert = issue(name, ca_cert.subject, ca_key, ca=False, dns=dns)
+        paths[name] = directory / f"{name}.pem"
+        paths[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[f"{name}_key"] = directory / f"{name}.key"
+        paths[f"{name}_key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    paths["ca"] = directory / "ca.pem"
+    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+@pytest.fixture
+def tls_broker(reactor: Any, tmp_path: Path, amqp_broker: str) -> Iterator[tuple[int, dict]]:
+    """A TLS port (client certificates required) forwarding to the broker's plain port."""
+    from twisted.internet import ssl
+    from twisted.protocols.portforward import ProxyFactory
+
+    pki = _write_pki(tmp_path)
+    server = ssl.PrivateCertificate.loadPEM(
+        pki["server"].read_bytes() + pki["server_key"].read_bytes()
+    )
+    ca = ssl.Certificate.loadPEM(pki["ca"].read_bytes())
+    options = server.options(ca)  # verifies, and requires, a client certificate from the CA
+    port = reactor.listenSSL(0, ProxyFactory("127.0.0.1", 5672), options, interface="127.0.0.1")
+    yield port.getHost().port, pki
+    run_in_reactor(reactor, lambda: _stop(port))
+
+
+async def _stop(port: Any) -> None:
+    await port.stopListening()
+
+
+@async_test
+async def test_amqps_with_a_client_certificate_through_tls(
+    reactor: Any, tls_broker: tuple[int, dict[str, Path]], amqp_prefix: str
+) -> None:
+    port, pki = tls_broker
+    base = f"amqps://guest:guest@127.0.0.1:{port}/?prefix={amqp_prefix}&server_name=localhost"
+    good = f"{base}&ca={pki['ca']}&cert={pki['client']}&key={pki['client_key']}"
+    harness = LinkHarness(AMQPBackend(reactor), reactor, timeout=10.0)
+    try:
+        p = await harness.pair(address=good)
+        harness.send(p.client, b"over TLS")
+        harness.send(p.server, b"and back")
+        assert await p.server_rx.wait_frames(1) == [b"over TLS"]
+        assert await p.client_rx.wait_frames(1) == [b"and back"]
+        for bad, words in (
+            (f"{base}&ca={pki['ca']}", "TLS handshake failed"),  # no client certificate
+            (f"{base}&ca={pki['server']}&cert={pki['client']}&key={pki['client_key']}", "TLS"),
+        ):
+            with pytest.raises(ConnectFailed, match=words):
+                await harness.bounded(harness.backend.connect(bad, timeout=5), "a TLS refusal")
+    finally:
+        await harness.aclose()

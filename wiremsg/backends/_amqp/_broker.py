@@ -205,9 +205,11 @@ class _Protocol(TwistedProtocolConnection):  # type: ignore[misc]
     """
 
     broker_error: BaseException | None = None
+    transport_error: BaseException | None = None
 
     def connectionLost(self, reason: Failure) -> None:
         """Note the broker's own close reason, then let pika handle the loss."""
+        self.transport_error = reason.value
         error = getattr(getattr(self, "_impl", None), "_error", None)
         if isinstance(error, pika_errors.ConnectionClosedByBroker):
             self.broker_error = error
@@ -286,7 +288,7 @@ def open_connection(
     def failed(failure: Failure) -> None:
         if result.called:
             return
-        exc = failure.value
+        exc = protocol.transport_error or failure.value
         if state["timed_out"]:
             why = f"no answer within {timeout:g}s (timed out)"
         elif protocol.broker_error is not None:
@@ -299,8 +301,8 @@ def open_connection(
             why = f"{what}: {code} {text}"
         elif not state["connected"]:
             why = f"no broker answers ({failure.getErrorMessage()})"
-        elif opts.tls and "SSL" in type(exc).__name__ + repr(exc):
-            why = f"the TLS handshake failed ({failure.getErrorMessage()})"
+        elif opts.tls and "SSL" in repr(exc):
+            why = f"the TLS handshake failed ({exc})"
         else:
             why = (
                 "the broker closed the connection during the AMQP handshake (wrong user or "
