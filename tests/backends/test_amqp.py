@@ -504,3 +504,30 @@ async def test_amqps_with_a_client_certificate_through_tls(
                 await harness.bounded(harness.backend.connect(bad, timeout=5), "a TLS refusal")
     finally:
         await harness.aclose()
+
+
+# -- without a broker: skip, or fail under WIREMSG_REQUIRE_BROKER=1 ------------------------------
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_without_a_broker_the_tests_skip_or_fail(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, required: bool
+) -> None:
+    import tests.broker
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(tests.broker, "PORT", free.getsockname()[1])  # nothing listens
+    if required:
+        monkeypatch.setenv(tests.broker.REQUIRE, "1")
+    else:
+        monkeypatch.delenv(tests.broker.REQUIRE, raising=False)
+    pytester.makeconftest("from tests.broker import amqp_broker  # noqa: F401\n")
+    pytester.makepyfile("def test_needs_a_broker(amqp_broker):\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "no:twisted", "-rsE")
+    if required:
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(["*RabbitMQ is required (WIREMSG_REQUIRE_BROKER=1)*"])
+    else:
+        result.assert_outcomes(skipped=1)
+        result.stdout.fnmatch_lines(["*no RabbitMQ for the AMQP tests: nothing answers*"])
