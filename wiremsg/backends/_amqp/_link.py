@@ -221,15 +221,20 @@ class AMQPLink(BaseLink):
         self.messages_received += 1
         kind = body[0] if body else -1
         if kind == _D:
-            end, pos, limit, deliver = len(body), 1, self.max_frame, self._deliver
-            while pos < end and not (self._closing or self._released):
+            end, pos, limit = len(body), 1, self.max_frame
+            frames: list[bytes] = []
+            bad = ""
+            while pos < end:
                 stop = pos + 4
                 (size,) = _U32_FROM(body, pos) if stop <= end else (-1,)
                 if size > limit or size < 0 or stop + size > end:
-                    self._violate(f"a bad record (length {size}, limit {limit}, {end - pos} left)")
-                    return
+                    bad = f"a bad record (length {size}, limit {limit}, {end - pos} left)"
+                    break
                 pos = stop + size
-                deliver(body[stop:pos])
+                frames.append(body[stop:pos])
+            self._deliver_all(frames)  # the receiver takes them as one batch
+            if bad and not self._released:
+                self._violate(bad)
         elif kind == _B:
             self._send_quietly(ACK)
             if self._bye:  # both closed at once: the peer's bye answers ours
