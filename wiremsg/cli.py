@@ -258,6 +258,9 @@ async def _worker(reactor: Any, args: argparse.Namespace) -> None:
 
     secret = read_secret(args.secret_file)
     tags = [t.strip() for t in args.tags.split(",") if t.strip()]
+    if any(m.startswith("pb://") for m in args.master):
+        await _pb_worker(reactor, args, secret)
+        return
     _start_logging()
     agent = build_agent(
         reactor,
@@ -271,6 +274,29 @@ async def _worker(reactor: Any, args: argparse.Namespace) -> None:
     _on_shutdown(reactor, agent.stop)
     await agent.worker.start()
     _say(f"attached to {agent.worker.master}")
+
+
+async def _pb_worker(reactor: Any, args: argparse.Namespace, secret: str) -> None:
+    """``wiremsg worker --master pb://HOST:PORT``: serve a Buildbot master (legacy PB)."""
+    from wiremsg.compat.pbworker import PBAgent
+
+    if len(args.master) != 1:
+        raise ConfigError("a pb:// master cannot be combined with other masters")
+    try:
+        agent = PBAgent(
+            reactor,
+            args.name,
+            secret,
+            args.master[0],
+            args.basedir,
+            on_shutdown=lambda: reactor.stop(),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    _start_logging()
+    _on_shutdown(reactor, agent.stop)
+    await agent.start()
+    _say(f"attached to {agent.master}")
 
 
 async def _demo(reactor: Any, backend: str) -> int:

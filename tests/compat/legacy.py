@@ -106,3 +106,128 @@ class PBCluster(Cluster):
                     return w  # type: ignore[no-any-return]
             time.sleep(0.2)  # polling another process's state: nothing to await here
         raise AssertionError(f"{name} never attached via {backend}")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (Buildbot's master needs a number up front)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+MASTER_CFG = """\
+import sys
+from buildbot.plugins import changes, schedulers, steps, util, worker
+c = BuildmasterConfig = {{}}
+c['workers'] = [worker.Worker({name!r}, {secret!r})]
+c['protocols'] = {{'pb': {{'port': "tcp:{port}:interface=127.0.0.1"}}}}
+c['change_source'] = [changes.PBChangeSource(user="change", passwd="changepw")]
+c['schedulers'] = [schedulers.SingleBranchScheduler(
+    name="on-change", change_filter=util.ChangeFilter(branch="main"),
+    treeStableTimer=None, builderNames=["runtests"])]
+f = util.BuildFactory()
+{steps}
+c['builders'] = [util.BuilderConfig(name="runtests", workernames=[{name!r}], factory=f)]
+c['db'] = {{'db_url': "sqlite:///state.sqlite"}}
+c['logCompressionMethod'] = 'raw'
+c['buildbotNetUsageData'] = None
+"""
+
+
+class BuildbotMaster:
+    """A real ``buildbot`` master in ``basedir`` with one builder ``runtests`` whose steps
+    are ``steps`` (Python source adding steps to the factory ``f``)."""
+
+    def __init__(self, basedir: Path, name: str, secret: str, steps: str) -> None:
+        self.basedir = basedir
+        self.port = free_port()
+        subprocess.run(
+            [str(BIN / "buildbot"), "create-master", "-r", str(basedir)],
+            check=True,
+            timeout=WAIT * 2,
+            capture_output=True,
+        )
+        cfg = MASTER_CFG.format(name=name, secret=secret, port=self.port, steps=steps)
+        (basedir / "master.cfg").write_text(cfg)
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it in the foreground and wait until it runs (bounded)."""
+        log = open(self.basedir / "stdout.log", "ab")
+        self.popen = subprocess.Popen(
+            [str(BIN / "buildbot"), "start", "--nodaemon", str(self.basedir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + WAIT * 2
+        while "BuildMaster is running" not in self.log():
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the buildbot master did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.2)  # polling another process's log
+
+    def sendchange(self) -> None:
+        """Trigger a build as a developer would (``buildbot sendchange``)."""
+        subprocess.run(
+            [
+                str(BIN / "buildbot"),
+                "sendchange",
+                "--master",
+                f"127.0.0.1:{self.port}",
+                "--auth",
+                "change:changepw",
+                "--who",
+                "tester",
+                "--branch",
+                "main",
+                "--",
+                "somefile",
+            ],
+            check=True,
+            timeout=WAIT,
+            capture_output=True,
+        )
+
+    def query(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+        """Rows from the master's state database."""
+        import sqlite3
+
+        with sqlite3.connect(self.basedir / "state.sqlite", timeout=10) as db:
+            return db.execute(sql, args).fetchall()
+
+    def wait_build(self, timeout: float = 60.0) -> tuple[int, int]:
+        """Wait for the first build to finish; ``(build id, results)``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.query("SELECT id, results FROM builds WHERE complete_at IS NOT NULL")
+            if rows:
+                return int(rows[0][0]), int(rows[0][1])  # type: ignore[call-overload]
+            time.sleep(0.3)  # polling another process's database
+        raise AssertionError(f"no build finished:\n{self.log()[-3000:]}")
+
+    def step_log(self, build: int, step: str) -> str:
+        """The stdio log of step ``step`` (lines keep Buildbot's o/e/h prefix)."""
+        rows = self.query(
+            "SELECT lc.content FROM logchunks lc JOIN logs l ON lc.logid = l.id "
+            "JOIN steps s ON l.stepid = s.id WHERE s.buildid = ? AND s.name = ? "
+            "AND l.slug = 'stdio' ORDER BY lc.first_line",
+            build,
+            step,
+        )
+        return "".join(r[0].decode() if isinstance(r[0], bytes) else str(r[0]) for r in rows)
+
+    def log(self) -> str:
+        path = self.basedir / "twistd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=WAIT)
