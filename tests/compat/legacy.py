@@ -27,6 +27,18 @@ def require_buildbot() -> None:
     pytest.importorskip("buildbot", reason="pip install -e '.[compat-test]'")
 
 
+def foreground(program: str, basedir: Path) -> subprocess.Popen[bytes]:
+    """``PROGRAM start --nodaemon BASEDIR`` in a process group of its own (output to
+    ``BASEDIR/stdout.log``)."""
+    with open(basedir / "stdout.log", "ab") as log:
+        return subprocess.Popen(
+            [str(BIN / program), "start", "--nodaemon", str(basedir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 class BuildbotWorker:
     """A real ``buildbot-worker`` in ``basedir``, logging into ``127.0.0.1:port``."""
 
@@ -54,14 +66,7 @@ class BuildbotWorker:
 
     def start(self) -> None:
         """Start the worker in the foreground of its own process group."""
-        log = open(self.basedir / "stdout.log", "ab")
-        self.popen = subprocess.Popen(
-            [str(BIN / "buildbot-worker"), "start", "--nodaemon", str(self.basedir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        self.popen = foreground("buildbot-worker", self.basedir)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Kill the worker's process group and reap it."""
@@ -155,14 +160,7 @@ class BuildbotMaster:
 
     def start(self) -> None:
         """Start it in the foreground and wait until it runs (bounded)."""
-        log = open(self.basedir / "stdout.log", "ab")
-        self.popen = subprocess.Popen(
-            [str(BIN / "buildbot"), "start", "--nodaemon", str(self.basedir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        self.popen = foreground("buildbot", self.basedir)
         deadline = time.monotonic() + WAIT * 2
         while "BuildMaster is running" not in self.log():
             if self.popen.poll() is not None or time.monotonic() > deadline:

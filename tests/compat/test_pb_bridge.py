@@ -34,8 +34,9 @@ class Rig:
         self.workers: list[BuildbotWorker] = []
         self.port = 0
 
-    def worker(self, name: str = "legacy1") -> BuildbotWorker:
-        w = BuildbotWorker(self.tmp / f"{name}-{len(self.workers)}", self.port, name, SECRET)
+    def worker(self, name: str = "legacy1", keepalive: int = 600) -> BuildbotWorker:
+        basedir = self.tmp / f"{name}-{len(self.workers)}"
+        w = BuildbotWorker(basedir, self.port, name, SECRET, keepalive=keepalive)
         self.workers.append(w)
         w.start()
         return w
@@ -124,9 +125,14 @@ async def test_duplicate_connection_is_refused_while_the_first_answers(rig: Rig)
 
 
 @pytest_twisted.ensureDeferred
-async def test_print_and_shutdown(rig: Rig) -> None:
-    legacy = rig.worker()
+async def test_keepalive_print_and_shutdown(rig: Rig) -> None:
+    legacy = rig.worker(keepalive=1)
     peer = await rig.peer()
+    for _ in range(int(WAIT / 0.2)):  # the worker's own keepalive, every second here
+        if rig.bridge.legacy["legacy1"].last_keepalive is not None:
+            break
+        await deferLater(rig.reactor, 0.2, lambda: None)  # polling another process
+    assert rig.bridge.legacy["legacy1"].last_keepalive is not None
     peer.send(PRINT, {"message": "hello from wiremsg"})
     lost: Deferred[Peer] = peer.when_lost()
     assert (await peer.request(SHUTDOWN, {}, timeout=WAIT)).body == {}

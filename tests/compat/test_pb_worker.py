@@ -32,6 +32,21 @@ f.addStep(steps.RemoveDirectory(name="rmdir", dir="build/tree"))
 """
 
 
+def worker_argv(port: int, secret: Path, basedir: Path) -> list[str]:
+    """``wiremsg worker`` serving the master on ``port`` as ``wm1``."""
+    return [
+        "worker",
+        "--name",
+        "wm1",
+        "--master",
+        f"pb://127.0.0.1:{port}",
+        "--secret-file",
+        str(secret),
+        "--basedir",
+        str(basedir),
+    ]
+
+
 def test_a_buildbot_master_build_served_by_a_wiremsg_worker(tmp_path: Path) -> None:
     require_buildbot()
     out = tmp_path / "uploaded"
@@ -46,38 +61,14 @@ def test_a_buildbot_master_build_served_by_a_wiremsg_worker(tmp_path: Path) -> N
         bad = tmp_path / "bad-secret"
         bad.write_text("not-the-password\n")
         refused = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "wiremsg",
-                "worker",
-                "--name",
-                "wm1",
-                "--master",
-                f"pb://127.0.0.1:{master.port}",
-                "--secret-file",
-                str(bad),
-                "--basedir",
-                str(tmp_path / "bad"),
-            ],
+            [sys.executable, "-m", "wiremsg", *worker_argv(master.port, bad, tmp_path / "bad")],
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert refused.returncode == 1 and "unauthorized" in refused.stderr.lower()
         worker = Proc(
-            [
-                "worker",
-                "--name",
-                "wm1",
-                "--master",
-                f"pb://127.0.0.1:{master.port}",
-                "--secret-file",
-                str(secret),
-                "--basedir",
-                str(basedir),
-            ],
-            stderr_path=tmp_path / "worker.log",
+            worker_argv(master.port, secret, basedir), stderr_path=tmp_path / "worker.log"
         )
         worker.expect("attached to pb://")
         master.sendchange()
