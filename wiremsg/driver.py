@@ -146,14 +146,8 @@ class SessionDriver:
 
     def send(self, kind: str, body: JSON = None) -> Message:
         """Send a one-way message (queued if the window is full or the link is down)."""
-        session = self.session
-        msg = session.send(kind, body)
-        # A send only moves deadlines later (the heartbeat), so the armed timer stays valid:
-        # at worst it fires early and tick() re-arms. Skipping _arm is the send fast path; a
-        # send acknowledges nothing, so there is no drain waiter to look at either.
-        self._pump()
-        if self._timer is None:
-            self._arm()
+        msg = self.session.send(kind, body)
+        self.write()
         return msg
 
     def request(
@@ -188,6 +182,17 @@ class SessionDriver:
             for w in waiters:
                 w.callback(None)
         self._arm()
+
+    def write(self) -> None:
+        """Write what the session produced by a send or a reply: :meth:`flush` without its
+        drain check, and without re-arming a timer that is already set.
+
+        A send only moves deadlines later (the heartbeat), so the armed timer stays valid: at
+        worst it fires early and tick() re-arms. A send acknowledges nothing, so no drain
+        waiter can be due either. This is the send path's fast path."""
+        self._pump()
+        if self._timer is None:
+            self._arm()
 
     def _pump(self) -> None:
         """Write the session's frames and act on its events until it is quiet."""

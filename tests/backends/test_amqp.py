@@ -531,3 +531,59 @@ def test_without_a_broker_the_tests_skip_or_fail(
     else:
         result.assert_outcomes(skipped=1)
         result.stdout.fnmatch_lines(["*no RabbitMQ for the AMQP tests: nothing answers*"])
+
+
+# -- the consumer: what the deliveries at hand provoked leaves before they are acknowledged ----
+
+
+class _Queue:
+    """pika's ClosableDeferredQueue as the consumer sees it: ready items, then a wait."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items, self.closed = list(items), None
+        self.waiting: Deferred[Any] = Deferred()
+
+    def get(self) -> Deferred[Any]:
+        if self.items:
+            return _fired(self.items.pop(0))
+        self.waiting = Deferred()
+        return self.waiting
+
+
+def _fired(value: Any) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.callback(value)
+    return d
+
+
+def _delivery(tag: int, body: bytes) -> Any:
+    from types import SimpleNamespace as NS
+
+    return NS(
+        properties=NS(correlation_id="l" * 32, reply_to="q"),
+        method=NS(redelivered=False, delivery_tag=tag),
+        body=body,
+    )
+
+
+def test_the_consumer_publishes_what_deliveries_provoked_before_acknowledging_them() -> None:
+    from types import SimpleNamespace as NS
+
+    from wiremsg.backends._amqp._broker import _Consumer
+
+    log: list[Any] = []
+    channel = NS(is_open=True, basic_ack=lambda tag, multiple: log.append(("ack", tag)))
+    queue = _Queue([_delivery(1, b"a"), _delivery(2, b"b")])
+    consumer = _Consumer(
+        MemoryReactorClock(),
+        channel,
+        queue,
+        1,  # acknowledge as soon as the deliveries at hand are handled
+        lambda link, reply_to, body, redelivered: log.append(("message", body)),
+        lambda why: log.append(("end", why)),
+        lambda: log.append("drained"),
+    )
+    consumer.pull()
+    assert log == [("message", b"a"), ("message", b"b"), "drained", ("ack", 2)]
+    queue.waiting.callback(_delivery(3, b"c"))
+    assert log[4:] == [("message", b"c"), "drained", ("ack", 3)]

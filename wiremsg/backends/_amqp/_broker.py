@@ -520,6 +520,7 @@ class BrokerChannel:
         on_end: Callable[[str], None],
         *,
         prompt_acks: bool = False,
+        on_drained: Callable[[], None] | None = None,
     ) -> str:
         """Consume ``queue``, at most ``prefetch`` unacknowledged deliveries at a time.
 
@@ -527,12 +528,16 @@ class BrokerChannel:
         order; they are acknowledged in bulk after they are handled (see :class:`_Consumer`;
         with ``prompt_acks``, as soon as those that arrived together are handled).
         ``on_end(why)`` is called once when the consumer ends (cancelled, channel or
-        connection closed). :returns: the consumer tag.
+        connection closed). ``on_drained()``, if given, is called each time every delivery
+        that had arrived is handled, before they are acknowledged: the moment to publish what
+        they provoked. :returns: the consumer tag.
         """
         await self._channel.basic_qos(prefetch_count=prefetch)
         queue_obj, tag = await self._channel.basic_consume(queue, auto_ack=False)
         ack_at = 1 if prompt_acks else max(1, prefetch // 2)
-        _Consumer(self._reactor, self._channel, queue_obj, ack_at, on_message, on_end).pull()
+        _Consumer(
+            self._reactor, self._channel, queue_obj, ack_at, on_message, on_end, on_drained
+        ).pull()
         return str(tag)
 
     async def cancel(self, tag: str) -> None:
@@ -571,9 +576,10 @@ class _Consumer:
         ack_at: int,
         on_message: Callable[[str, str, bytes, bool], None],
         on_end: Callable[[str], None],
+        on_drained: Callable[[], None] | None = None,
     ) -> None:
         self._reactor, self._channel, self._queue = reactor, channel, queue
-        self._on_message, self._on_end = on_message, on_end
+        self._on_message, self._on_end, self._on_drained = on_message, on_end, on_drained
         self._ack_at = ack_at
         self._unacked = self._last_tag = 0
         self._ack_call: Any = None
@@ -586,6 +592,11 @@ class _Consumer:
                 return
             d = self._queue.get()
             if not d.called:
+                if self._unacked and self._on_drained is not None:
+                    try:
+                        self._on_drained()
+                    except Exception:
+                        _log.failure("publishing after AMQP deliveries failed")
                 self._settle()
                 d.addBoth(self._arrived)
                 return

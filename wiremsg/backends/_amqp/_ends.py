@@ -108,7 +108,11 @@ class _End:
             self._flush_call = self.reactor.callLater(0, self._flush_dirty)
 
     def _flush_dirty(self) -> None:
-        self._flush_call = None
+        """Publish what every marked link has written: at the end of the turn, or at once when
+        the consumer has handled the deliveries at hand (replies leave before the next wait)."""
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
         dirty, self._dirty = self._dirty, []
         for link in dirty:
             link._flush()
@@ -172,7 +176,13 @@ class MasterEnd(_End):
             await channel.declare(hellos, durable=True, bind=HELLO_KEY)
             await channel.declare(own, exclusive=True, auto_delete=True, bind=own)
             self.conn, self.channel, self.own_queue = conn, channel, own
-            await channel.consume(own, self.prefetch, self._on_message, self._consumer_ended)
+            await channel.consume(
+                own,
+                self.prefetch,
+                self._on_message,
+                self._consumer_ended,
+                on_drained=self._flush_dirty,
+            )
             if self.listening:
                 self._hello_tag = await channel.consume(
                     hellos, HELLO_PREFETCH, self._on_hello, self._consumer_ended, prompt_acks=True
@@ -383,7 +393,13 @@ class WorkerEnd(_End):
             raise ConnectFailed(f"no master {what} with prefix {self.prefix!r} on {opts.broker}")
         own = self.own_queue = _own_queue(self.prefix, "worker")
         await channel.declare(own, exclusive=True, auto_delete=True, bind=own)
-        await channel.consume(own, self.prefetch, self._on_message, self._consumer_ended)
+        await channel.consume(
+            own,
+            self.prefetch,
+            self._on_message,
+            self._consumer_ended,
+            on_drained=self._flush_dirty,
+        )
         self.channel = channel
         expiry = max(1, int(self.timeout * 1000))
         try:
