@@ -85,7 +85,15 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from wiremsg import keys
 from wiremsg.address import Address, parse_address
-from wiremsg.backends.base import MIN_MAX_FRAME, Backend, BaseLink, CloseReason, Link, Listener
+from wiremsg.backends.base import (
+    MIN_MAX_FRAME,
+    Backend,
+    BaseLink,
+    CloseReason,
+    Link,
+    Listener,
+    split_records,
+)
 from wiremsg.errors import AddressError, ConnectFailed
 
 __all__ = ["ZMQBackend", "ZMQLink", "ZMQListener"]
@@ -119,7 +127,6 @@ _D, _B, _A, _X, _P = b"DBAXP"
 _HELLO, _WELCOME = b"H" + bytes([VERSION]), b"W" + bytes([VERSION])
 _ACK, _PROBE = b"A", b"P"
 _U32 = struct.Struct("!I").pack
-_U32_FROM = struct.Struct("!I").unpack_from
 _EVENT = struct.Struct("=HI").unpack_from
 _COPY_BELOW = 1024 * 1024  # zero-copy sends above this size
 _CURVE_SLACK = 1024  # MAXMSGSIZE counts CURVE's box too
@@ -449,22 +456,10 @@ class ZMQLink(BaseLink):
         if kind == _D:
             if self._closing or self._released:
                 return
-            end, pos, limit = len(data), 1, self.max_frame
-            frames: list[bytes] = []
-            append = frames.append
-            while pos < end:
-                stop = pos + 4
-                (size,) = _U32_FROM(data, pos) if stop <= end else (-1,)
-                if size > limit or size < 0 or stop + size > end:
-                    self._deliver_all(frames)  # what came before the bad record is good
-                    if not (self._closing or self._released):
-                        self._violate(
-                            f"a bad record (length {size}, limit {limit}, {end - pos} left)"
-                        )
-                    return
-                pos = stop + size
-                append(data[stop:pos])
-            self._deliver_all(frames)
+            frames, bad = split_records(data, 1, self.max_frame)
+            self._deliver_all(frames)  # what came before a bad record is good
+            if bad and not (self._closing or self._released):
+                self._violate(bad)
         elif kind == _B:
             self._conn.try_send(self._ident, _ACK)
             if self._bye:  # both closed at once: the peer's bye answers ours

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wiremsg.backends._amqp._broker import PublishFailed
-from wiremsg.backends.base import MIN_MAX_FRAME, BaseLink, CloseReason
+from wiremsg.backends.base import MIN_MAX_FRAME, BaseLink, CloseReason, split_records
 
 __all__ = ["AMQPLink", "Carrier"]
 
@@ -48,7 +48,6 @@ WELCOME = b"W" + bytes([VERSION])
 ACK = b"A"
 _D, _B, _A, _X = b"DBAX"
 _U32 = struct.Struct("!I").pack
-_U32_FROM = struct.Struct("!I").unpack_from
 
 
 def with_reason(kind: bytes, reason: str) -> bytes:
@@ -221,17 +220,7 @@ class AMQPLink(BaseLink):
         self.messages_received += 1
         kind = body[0] if body else -1
         if kind == _D:
-            end, pos, limit = len(body), 1, self.max_frame
-            frames: list[bytes] = []
-            bad = ""
-            while pos < end:
-                stop = pos + 4
-                (size,) = _U32_FROM(body, pos) if stop <= end else (-1,)
-                if size > limit or size < 0 or stop + size > end:
-                    bad = f"a bad record (length {size}, limit {limit}, {end - pos} left)"
-                    break
-                pos = stop + size
-                frames.append(body[stop:pos])
+            frames, bad = split_records(body, 1, self.max_frame)
             self._deliver_all(frames)  # the receiver takes them as one batch
             if bad and not self._released:
                 self._violate(bad)
