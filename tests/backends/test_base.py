@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
 
-from wiremsg.backends.base import BaseLink, CloseReason, split_records
+from wiremsg.backends.base import BaseLink, CloseReason
 
 
 class StubLink(BaseLink):
@@ -111,16 +111,3 @@ def test_a_batch_receiver_that_raises_closes_the_link_uncleanly_once() -> None:
     assert link.closed and link.shut == [reason.text]
     failures: list[Any] = [e for e in events if "log_failure" in e]
     assert len(failures) == 1
-
-
-def test_split_records_returns_whole_records_and_names_the_problem() -> None:
-    data = b"D" + b"".join(len(f).to_bytes(4, "big") + f for f in (b"", b"ab", b"c" * 9))
-    assert split_records(data, 1, 100) == ([b"", b"ab", b"c" * 9], "")
-    assert split_records(data + b"\x00\x00", 1, 100) == (
-        [b"", b"ab", b"c" * 9],
-        "a bad record (length -1, limit 100, 2 left)",
-    )
-    frames, problem = split_records(data + b"\x00\x00\x00\x05abc", 1, 100)
-    assert frames == [b"", b"ab", b"c" * 9] and "length 5" in problem
-    frames, problem = split_records(data, 1, 8)
-    assert frames == [b"", b"ab"] and problem == "a bad record (length 9, limit 8, 13 left)"

@@ -69,7 +69,6 @@ import os
 import socket
 import stat
 import struct
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
@@ -85,15 +84,8 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from wiremsg import keys
 from wiremsg.address import Address, parse_address
-from wiremsg.backends.base import (
-    MIN_MAX_FRAME,
-    Backend,
-    BaseLink,
-    CloseReason,
-    Link,
-    Listener,
-    split_records,
-)
+from wiremsg.backends.base import MIN_MAX_FRAME, Backend, CloseReason, Link, Listener
+from wiremsg.backends.batching import BATCH_BYTES, BatchLink
 from wiremsg.errors import AddressError, ConnectFailed
 
 __all__ = ["ZMQBackend", "ZMQLink", "ZMQListener"]
@@ -102,12 +94,8 @@ _log = Logger()
 
 VERSION = 1
 """The wire layout's version, carried by ``hello`` and ``welcome``."""
-BATCH_BYTES = 128 * 1024
-"""Record bytes after which a ``D`` message is sealed (and sent at once)."""
 MAX_QUEUE = 64 * 1024 * 1024
 """Default bound on a link's queued bytes (not yet taken by ZeroMQ); beyond it the link ends."""
-MAX_REASON = 1024
-"""The most bytes of close reason carried by ``B``, ``R`` or ``X``."""
 CLOSE_TIMEOUT = 30.0
 """Seconds ``close()`` may wait for the peer's ``A`` before the link is aborted."""
 CLOSE_LINGER_MS = 200
@@ -123,10 +111,8 @@ PROBE_DELAYS = (0.002, 0.01, 0.05, 0.25, 1.0)
 MAX_GONE = 4096
 """Identities of ended links remembered by a listener, whose messages are dropped quietly."""
 
-_D, _B, _A, _X, _P = b"DBAXP"
 _HELLO, _WELCOME = b"H" + bytes([VERSION]), b"W" + bytes([VERSION])
 _ACK, _PROBE = b"A", b"P"
-_U32 = struct.Struct("!I").pack
 _EVENT = struct.Struct("=HI").unpack_from
 _COPY_BELOW = 1024 * 1024  # zero-copy sends above this size
 _CURVE_SLACK = 1024  # MAXMSGSIZE counts CURVE's box too
@@ -325,28 +311,27 @@ class _Conn:
         raise NotImplementedError
 
 
-class ZMQLink(BaseLink):
+class ZMQLink(BatchLink):
     """One link: a DEALER socket, or one DEALER identity at a listener's ROUTER.
 
     :ivar curve_key: the peer's CURVE public key (Z85) on a CURVE listener's links, else None.
     """
 
+    overflow_where = "a peer that does not read"
+
     def __init__(self, conn: _Conn, ident: bytes | None, peer: str) -> None:
         backend = conn.backend
-        super().__init__(backend.reactor, peer, backend.max_frame)
+        super().__init__(
+            backend.reactor,
+            peer,
+            backend.max_frame,
+            max_queue=backend.max_queue,
+            close_timeout=backend.close_timeout,
+        )
         self.local_address = conn.address
         self.curve_key: str | None = None
         self._conn, self._ident = conn, ident
-        self._batch: list[bytes] = [b"D"]  # the D message being built: kind, then records
-        self._batch_bytes = 0
-        self._backlog: deque[bytes] = deque()  # sealed messages ZeroMQ has not taken yet
-        self._queued = 0  # bytes in _batch and _backlog
-        self._max_queue = backend.max_queue
-        self._dirty = self._released = self._bye_sent = False
-        self._bye = False  # our B is queued
-        self._doom: CloseReason | None = None  # a failure found while sending, told next pump
-        self._close_text = "closed"
-        self._close_call: Any = None
+        self._bye_sent = False  # our B was taken by ZeroMQ
         self._probe_call: Any = None
         self._probes = 0
         self._fd = -1
@@ -362,64 +347,13 @@ class ZMQLink(BaseLink):
         self._conn.paused = False
         self._conn.backend._mark(self._conn)
 
-    # -- BaseLink hooks ------------------------------------------------------------------------
+    # -- BatchLink hooks -----------------------------------------------------------------------
 
-    def _transmit(self, frame: bytes) -> None:
-        if self._released or self._doom is not None:
-            return  # the close notification is on its way
-        size = len(frame) + 4
-        if self._batch_bytes and self._batch_bytes + size > BATCH_BYTES:
-            self._seal()
-        self._batch += (_U32(size - 4), frame)
-        self._batch_bytes += size
-        self._queued += size
-        if self._queued > self._max_queue:
-            text = f"send queue overflow: {self._queued} bytes wait for a peer that does not read"
-            self._fail(CloseReason(f"{text} (max_queue={self._max_queue})", True, False))
-            return
-        if self._batch_bytes >= BATCH_BYTES:
-            self._seal()
-            self._flush()  # errors are deferred to the pump: never notify from inside send()
-        if not self._dirty:
-            self._conn.mark(self)
+    def _schedule_flush(self) -> None:
+        self._conn.mark(self)
 
-    def _shutdown(self, reason: str) -> None:
-        self._close_text = reason
-        if self._released or self._doom is not None:
-            return
-        if self._batch_bytes:
-            self._seal()
-        bye = b"B" + reason.encode("utf-8", "replace")[:MAX_REASON]
-        self._backlog.append(bye)
-        self._queued += len(bye)
-        self._bye = True
-        timeout = self._conn.backend.close_timeout
-        self._close_call = self.reactor.callLater(timeout, self._close_timed_out, timeout)
-        if not self._dirty:
-            self._conn.mark(self)
-
-    def _abort(self, reason: str) -> None:
-        self._drop()
-        self._conn.try_send(self._ident, b"X" + reason.encode("utf-8", "replace")[:MAX_REASON])
-        self._finish(CloseReason(reason, local=True, clean=False), CLOSE_LINGER_MS)
-
-    # -- sending -------------------------------------------------------------------------------
-
-    def _seal(self) -> None:
-        self._backlog.append(b"".join(self._batch))
-        self._queued += 1
-        self._batch, self._batch_bytes = [b"D"], 0
-
-    def _flush(self) -> None:
+    def _hand_out(self) -> None:
         """Hand queued messages to ZeroMQ until it takes no more."""
-        self._dirty = False
-        if self._doom is not None:
-            self._finish(self._doom)
-            return
-        if self._released:
-            return
-        if self._batch_bytes:
-            self._seal()
         backlog, conn, ident = self._backlog, self._conn, self._ident
         while backlog:
             msg = backlog[0]
@@ -436,50 +370,16 @@ class ZMQLink(BaseLink):
         conn.blocked.pop(self, None)
         self._bye_sent = self._bye
 
-    def _fail(self, reason: CloseReason) -> None:
-        """End the link with ``reason`` on the next pump (never inside ``send``)."""
-        self._drop()
-        self._doom = reason
-        if not self._dirty:
-            self._conn.mark(self)
+    def _send_control(self, message: bytes) -> None:
+        self._conn.try_send(self._ident, message)
 
     def _drop(self) -> None:
-        self._batch, self._batch_bytes, self._queued = [b"D"], 0, 0
-        self._backlog.clear()
+        super()._drop()
         self._conn.blocked.pop(self, None)
 
-    # -- receiving -----------------------------------------------------------------------------
-
-    def _receive(self, data: bytes) -> None:
-        """One message from the peer."""
-        kind = data[0] if data else -1
-        if kind == _D:
-            if self._closing or self._released:
-                return
-            frames, bad = split_records(data, 1, self.max_frame)
-            self._deliver_all(frames)  # what came before a bad record is good
-            if bad and not (self._closing or self._released):
-                self._violate(bad)
-        elif kind == _B:
-            self._conn.try_send(self._ident, _ACK)
-            if self._bye:  # both closed at once: the peer's bye answers ours
-                self._finish(CloseReason(self._close_text, local=True))
-            else:
-                reason = CloseReason(f"closed by peer: {data[1:].decode('utf-8', 'replace')}")
-                self._finish(reason, CLOSE_LINGER_MS)
-        elif kind == _A and self._bye:
-            self._finish(CloseReason(self._close_text, local=True))
-        elif kind == _X:
-            text = data[1:].decode("utf-8", "replace")
-            self._finish(CloseReason(f"peer failed: {text}", clean=False))
-        elif not (kind == _P and self._ident is None):
-            self._violate(f"an unexpected message {data[:16]!r}")
-
-    def _violate(self, what: str) -> None:
-        _log.warn("cutting off {peer}: {what}", peer=self.peer, what=what)
-        self._drop()
-        self._conn.try_send(self._ident, b"X" + f"protocol violation: {what}".encode()[:MAX_REASON])
-        self._finish(CloseReason(f"peer broke the protocol: {what}", clean=False), CLOSE_LINGER_MS)
+    def _unexpected(self, data: bytes) -> None:
+        if not (data[:1] == _PROBE and self._ident is None):  # a DEALER ignores probes
+            super()._unexpected(data)
 
     # -- ending --------------------------------------------------------------------------------
 
@@ -490,11 +390,6 @@ class ZMQLink(BaseLink):
 
     def _lost(self, text: str) -> None:
         self._finish(self._lost_reason(text))
-
-    def _close_timed_out(self, timeout: float) -> None:
-        self._close_call = None
-        text = f"{self._close_text} (no acknowledgement within {timeout:g}s; aborted)"
-        self._finish(CloseReason(text, local=True, clean=False))
 
     def _suspect(self) -> None:
         """The connection's fd reported a disconnect: probe this identity (ROUTER side)."""
@@ -518,16 +413,16 @@ class ZMQLink(BaseLink):
             self._probe_call = self.reactor.callLater(PROBE_DELAYS[self._probes], self._probe)
             self._probes += 1
 
-    def _finish(self, reason: CloseReason, linger: int = 0) -> None:
+    def _finish(self, reason: CloseReason, linger: bool = False) -> None:
         """Release everything, then tell the receiver (exactly once: BaseLink sees to it)."""
         if not self._released:
             self._released = True
             self._drop()
-            for call in (self._close_call, self._probe_call):
-                if call is not None and call.active():
-                    call.cancel()
-            self._close_call = self._probe_call = None
-            self._conn.release(self, linger)
+            self._cancel_close()
+            if self._probe_call is not None and self._probe_call.active():
+                self._probe_call.cancel()
+            self._probe_call = None
+            self._conn.release(self, CLOSE_LINGER_MS if linger else 0)
         self._notify_closed(reason)
 
 

@@ -29,7 +29,6 @@ address's query parameters.
 
 from __future__ import annotations
 
-import struct
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
@@ -46,30 +45,6 @@ _log = Logger()
 
 MIN_MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024
 """Every backend must carry frames at least this large (16 MiB of payload plus envelope)."""
-
-
-_U32_FROM = struct.Struct("!I").unpack_from
-
-
-def split_records(data: bytes, start: int, limit: int) -> tuple[list[bytes], str]:
-    """Split ``data[start:]`` into records, each a u32 big-endian length and that many bytes:
-    the batch format of the message-based backends (ZeroMQ, AMQP).
-
-    :param limit: the largest record allowed (the backend's ``max_frame``).
-    :returns: ``(frames, problem)``: the whole, valid records before anything wrong, and ``""``
-        or what is wrong with the rest (a length over ``limit``, or a truncated record).
-    """
-    frames: list[bytes] = []
-    append = frames.append
-    pos, end = start, len(data)
-    while pos < end:
-        stop = pos + 4
-        (size,) = _U32_FROM(data, pos) if stop <= end else (-1,)
-        if size > limit or size < 0 or stop + size > end:
-            return frames, f"a bad record (length {size}, limit {limit}, {end - pos} left)"
-        pos = stop + size
-        append(data[stop:pos])
-    return frames, ""
 
 
 @dataclass(frozen=True)

@@ -16,43 +16,28 @@ rest waits in the link, up to ``max_queue`` bytes, beyond which the link ends ra
 
 from __future__ import annotations
 
-import struct
-from collections import deque
 from typing import Any, Protocol
 
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wiremsg.backends._amqp._broker import PublishFailed
-from wiremsg.backends.base import MIN_MAX_FRAME, BaseLink, CloseReason, split_records
+from wiremsg.backends.base import MIN_MAX_FRAME, CloseReason
+from wiremsg.backends.batching import BATCH_BYTES, MAX_REASON, BatchLink, with_reason
 
-__all__ = ["AMQPLink", "Carrier"]
+__all__ = ["BATCH_BYTES", "MAX_REASON", "AMQPLink", "Carrier", "with_reason"]
 
-_log = Logger()
 
 VERSION = 1
 """The wire layout's version, carried by ``hello`` and ``welcome``."""
-BATCH_BYTES = 128 * 1024
-"""Record bytes after which a ``D`` message is sealed."""
 MAX_UNCONFIRMED = 8 * 1024 * 1024
 """Bytes a link may have published and not yet confirmed by the broker."""
 MAX_QUEUE = 64 * 1024 * 1024
 """Default bound on a link's bytes waiting to be published; beyond it the link ends."""
-MAX_REASON = 1024
-"""The most bytes of close reason carried by ``B``, ``R`` or ``X``."""
 CLOSE_TIMEOUT = 30.0
 """Seconds ``close()`` may wait for the peer's ``A`` before the link is aborted."""
 
 HELLO = b"H" + bytes([VERSION])
 WELCOME = b"W" + bytes([VERSION])
-ACK = b"A"
-_D, _B, _A, _X = b"DBAX"
-_U32 = struct.Struct("!I").pack
-
-
-def with_reason(kind: bytes, reason: str) -> bytes:
-    """A ``B``, ``R`` or ``X`` message carrying ``reason`` (truncated to MAX_REASON bytes)."""
-    return kind + reason.encode("utf-8", "replace")[:MAX_REASON]
 
 
 class Carrier(Protocol):
@@ -72,12 +57,15 @@ class Carrier(Protocol):
         once what it holds open is closed)."""
 
 
-class AMQPLink(BaseLink):
+class AMQPLink(BatchLink):
     """One link through the broker (see the module docstring).
 
     :ivar link_id: the id both ends put in ``correlation_id``.
     :ivar peer_queue: the other end's own queue (where this end publishes).
     """
+
+    flush_full_batches = False  # a publish may fail at once: never inside send()
+    overflow_where = "the broker"
 
     def __init__(
         self,
@@ -90,81 +78,24 @@ class AMQPLink(BaseLink):
         max_queue: int = MAX_QUEUE,
         close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
-        super().__init__(carrier.reactor, peer, max_frame)
+        super().__init__(
+            carrier.reactor, peer, max_frame, max_queue=max_queue, close_timeout=close_timeout
+        )
         self.link_id = link_id
         self.peer_queue = peer_queue
         self._carrier = carrier
-        self._max_queue, self._close_timeout = max_queue, close_timeout
-        self._batch: list[bytes] = [b"D"]
-        self._batch_bytes = 0
-        self._backlog: deque[bytes] = deque()  # sealed messages not yet published
-        self._queued = 0  # bytes in _batch and _backlog
         self._unconfirmed = 0
-        self._dirty = self._released = self._bye = False
-        self._doom: CloseReason | None = None  # a failure found inside send(), told at flush
-        self._close_text = "closed"
-        self._close_call: Any = None
         self.messages_sent = self.messages_received = 0
         self.properties: Any = None
         """The AMQP message properties this end publishes with (set by the carrier)."""
 
-    # -- BaseLink hooks ------------------------------------------------------------------------
+    # -- BatchLink hooks -----------------------------------------------------------------------
 
-    def _transmit(self, frame: bytes) -> None:
-        if self._released or self._doom is not None:
-            return  # the close notification is on its way
-        size = len(frame) + 4
-        if self._batch_bytes and self._batch_bytes + size > BATCH_BYTES:
-            self._seal()
-        self._batch += (_U32(size - 4), frame)
-        self._batch_bytes += size
-        self._queued += size
-        if self._queued > self._max_queue:
-            text = f"send queue overflow: {self._queued} bytes wait for the broker"
-            self._fail(CloseReason(f"{text} (max_queue={self._max_queue})", True, False))
-            return
-        if not self._dirty:
-            self._dirty = True
-            self._carrier.mark(self)
+    def _schedule_flush(self) -> None:
+        self._carrier.mark(self)
 
-    def _shutdown(self, reason: str) -> None:
-        self._close_text = reason
-        if self._released or self._doom is not None:
-            return
-        if self._batch_bytes:
-            self._seal()
-        bye = with_reason(b"B", reason)
-        self._backlog.append(bye)
-        self._queued += len(bye)
-        self._bye = True
-        timeout = self._close_timeout
-        self._close_call = self.reactor.callLater(timeout, self._close_timed_out, timeout)
-        if not self._dirty:
-            self._dirty = True
-            self._carrier.mark(self)
-
-    def _abort(self, reason: str) -> None:
-        self._drop()
-        self._send_quietly(with_reason(b"X", reason))
-        self._finish(CloseReason(reason, local=True, clean=False))
-
-    # -- sending -------------------------------------------------------------------------------
-
-    def _seal(self) -> None:
-        self._backlog.append(b"".join(self._batch))
-        self._queued += 1
-        self._batch, self._batch_bytes = [b"D"], 0
-
-    def _flush(self) -> None:
+    def _hand_out(self) -> None:
         """Publish what waits, as far as the unconfirmed-bytes bound allows."""
-        self._dirty = False
-        if self._doom is not None:
-            self._finish(self._doom)
-            return
-        if self._released:
-            return
-        if self._batch_bytes:
-            self._seal()
         backlog = self._backlog
         while backlog:
             body = backlog[0]
@@ -177,6 +108,10 @@ class AMQPLink(BaseLink):
             self.messages_sent += 1
             d = self._carrier.publish(self, body)
             d.addCallbacks(self._confirmed, self._refused, callbackArgs=(size,))
+
+    def _send_control(self, message: bytes) -> None:
+        """Publish ``A`` or ``X``, whose fate does not matter."""
+        self._carrier.publish(self, message).addErrback(lambda _: None)
 
     def _confirmed(self, _: object, size: int) -> None:
         self._unconfirmed -= size
@@ -195,57 +130,13 @@ class AMQPLink(BaseLink):
             return  # the channel or connection closed: the carrier reports that
         self._lost(text)
 
-    def _send_quietly(self, body: bytes) -> None:
-        """Publish a control message whose fate does not matter (``A``, ``X``)."""
-        self._carrier.publish(self, body).addErrback(lambda _: None)
+    # -- receiving and ending ------------------------------------------------------------------
 
-    def _fail(self, reason: CloseReason) -> None:
-        """End the link with ``reason`` at the next flush (never inside ``send``)."""
-        self._drop()
-        self._doom = reason
-        if not self._dirty:
-            self._dirty = True
-            self._carrier.mark(self)
-
-    def _drop(self) -> None:
-        self._batch, self._batch_bytes, self._queued = [b"D"], 0, 0
-        self._backlog.clear()
-
-    # -- receiving -----------------------------------------------------------------------------
-
-    def _receive(self, body: bytes) -> None:
+    def _receive(self, data: bytes) -> None:
         """One message from the peer, in order."""
-        if self._released:
-            return
-        self.messages_received += 1
-        kind = body[0] if body else -1
-        if kind == _D:
-            frames, bad = split_records(body, 1, self.max_frame)
-            self._deliver_all(frames)  # the receiver takes them as one batch
-            if bad and not self._released:
-                self._violate(bad)
-        elif kind == _B:
-            self._send_quietly(ACK)
-            if self._bye:  # both closed at once: the peer's bye answers ours
-                self._finish(CloseReason(self._close_text, local=True))
-            else:
-                text = body[1:].decode("utf-8", "replace")
-                self._finish(CloseReason(f"closed by peer: {text}"))
-        elif kind == _A and self._bye:
-            self._finish(CloseReason(self._close_text, local=True))
-        elif kind == _X:
-            text = body[1:].decode("utf-8", "replace")
-            self._finish(CloseReason(f"peer failed: {text}", clean=False))
-        else:
-            self._violate(f"an unexpected message {body[:16]!r}")
-
-    def _violate(self, what: str) -> None:
-        _log.warn("cutting off {peer}: {what}", peer=self.peer, what=what)
-        self._drop()
-        self._send_quietly(with_reason(b"X", f"protocol violation: {what}"))
-        self._finish(CloseReason(f"peer broke the protocol: {what}", clean=False))
-
-    # -- ending --------------------------------------------------------------------------------
+        if not self._released:
+            self.messages_received += 1
+        super()._receive(data)
 
     def _lost(self, text: str) -> None:
         """The peer or the broker connection is gone."""
@@ -254,18 +145,11 @@ class AMQPLink(BaseLink):
         else:
             self._finish(CloseReason(text, clean=False))
 
-    def _close_timed_out(self, timeout: float) -> None:
-        self._close_call = None
-        text = f"{self._close_text} (no acknowledgement within {timeout:g}s; aborted)"
-        self._finish(CloseReason(text, local=True, clean=False))
-
-    def _finish(self, reason: CloseReason) -> None:
+    def _finish(self, reason: CloseReason, linger: bool = False) -> None:
         """Release everything; the carrier then tells the receiver (exactly once)."""
         if self._released:
             return
         self._released = True
         self._drop()
-        if self._close_call is not None and self._close_call.active():
-            self._close_call.cancel()
-        self._close_call = None
+        self._cancel_close()
         self._carrier.release(self, reason)
