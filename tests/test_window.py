@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wiremsg.window import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, SendWindow
 
@@ -74,3 +78,22 @@ def test_acked_takes_several_messages_at_once() -> None:
     window.acked(30, count=2)
     assert (window.messages, window.bytes) == (1, 30)
     assert window.fits(970) and not window.fits(971)
+
+
+@given(
+    st.integers(1, 5),
+    st.integers(1, 100),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 60)), max_size=40),
+)
+def test_full_is_always_not_fits_zero(max_messages: int, max_bytes: int, ops: Any) -> None:
+    window = SendWindow(max_messages, max_bytes)
+    flight: list[int] = []
+    for send, size in ops:
+        if send and window.fits(size):
+            window.sent(size)
+            flight.append(size)
+        elif flight:
+            window.acked(flight.pop(0))
+        assert window.full == (not window.fits(0))
+    window.reset()
+    assert not window.full

@@ -198,8 +198,8 @@ class SessionDriver:
         """Write the session's frames and act on its events until it is quiet."""
         session = self.session
         while True:
-            frames = session.take_frames()
-            if frames:
+            if session.frames_out:  # looked at, not taken, when empty: the hot path
+                frames = session.take_frames()
                 link = self.link
                 if link is not None:
                     try:
@@ -207,10 +207,9 @@ class SessionDriver:
                             link.send(frame)
                     except LinkClosed:
                         pass  # the close notification is on its way; it detaches the session
-            events = session.take_events()
-            if not events:
-                break
-            for event in events:
+            if not session.events_out:
+                return
+            for event in session.take_events():
                 self._handle(event)
 
     def when_drained(self) -> Deferred[None]:

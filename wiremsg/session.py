@@ -252,8 +252,11 @@ class Session:
         self._last_tx = 0.0
         self._grace_deadline: float | None = None
         self._requests: dict[str, float | None] = {}
-        self._frames: list[bytes] = []
-        self._events: list[Event] = []
+        self.frames_out: list[bytes] = []
+        """Frames not yet taken, in order. Read it to see whether there are any (the driver's
+        fast path); take them with :meth:`take_frames`, never by changing this list."""
+        self.events_out: list[Event] = []
+        """Events not yet taken, in order; the same rules as :attr:`frames_out`."""
         if role is Role.MASTER:
             self._hs.deadline = clock() + handshake_timeout
 
@@ -275,12 +278,12 @@ class Session:
 
     def take_frames(self) -> list[bytes]:
         """Return and forget the frames to write, in order."""
-        frames, self._frames = self._frames, []
+        frames, self.frames_out = self.frames_out, []
         return frames
 
     def take_events(self) -> list[Event]:
         """Return and forget the events produced, in order."""
-        events, self._events = self._events, []
+        events, self.events_out = self.events_out, []
         return events
 
     def next_deadline(self) -> float | None:
@@ -411,7 +414,7 @@ class Session:
         if self.state is State.OPEN:
             if now >= self._last_rx + self.heartbeat * self.dead_after:
                 silent = now - self._last_rx
-                self._events.append(
+                self.events_out.append(
                     DropLink(wire.HEARTBEAT_TIMEOUT, f"peer silent for {silent:.1f}s")
                 )
                 self._detach(f"heartbeat timeout after {silent:.1f}s")
@@ -430,7 +433,7 @@ class Session:
             expired = [rid for rid, d in self._requests.items() if d is not None and now >= d]
             for rid in expired:
                 del self._requests[rid]
-                self._events.append(RequestFailed(rid, Timeout(f"no reply to {rid}")))
+                self.events_out.append(RequestFailed(rid, Timeout(f"no reply to {rid}")))
 
     # -- inputs: the master's decision after Authenticated --------------------------------
 
@@ -482,7 +485,7 @@ class Session:
         """Master: refuse the authenticated worker (e.g. ``duplicate``); sends ``reject``."""
         self._require(Role.MASTER, State.AUTHENTICATED)
         self._emit_handshake({"type": "reject", "code": code, "reason": reason})
-        self._events.append(DropLink(code, reason))
+        self.events_out.append(DropLink(code, reason))
         self._close(code, reason)
 
     # -- inputs: the application ------------------------------------------------------------
@@ -528,9 +531,9 @@ class Session:
             self._emit_data(
                 {"type": "goodbye", "ack": self._in_seq, "reason": reason, "masters": list(masters)}
             )
-            self._events.append(DropLink(wire.SHUTDOWN, reason or "goodbye"))
+            self.events_out.append(DropLink(wire.SHUTDOWN, reason or "goodbye"))
         elif self.state in _HANDSHAKING:
-            self._events.append(DropLink(wire.SHUTDOWN, reason or "goodbye"))
+            self.events_out.append(DropLink(wire.SHUTDOWN, reason or "goodbye"))
         self._close(wire.SHUTDOWN, reason or "goodbye")
 
     def close(self, reason: str = "closed") -> None:
@@ -538,7 +541,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         if self.state is not State.DETACHED and self.state is not State.IDLE:
-            self._events.append(DropLink(wire.SHUTDOWN, reason))
+            self.events_out.append(DropLink(wire.SHUTDOWN, reason))
         self._close(wire.SHUTDOWN, reason)
 
     # -- frame handlers (named in TRANSITIONS) ----------------------------------------------
@@ -597,7 +600,7 @@ class Session:
         self.tags = self._hs.tags
         self.info = self._hs.info
         self.state = State.AUTHENTICATED
-        self._events.append(Authenticated(self.name, self.tags, self.info, self._hs.resume))
+        self.events_out.append(Authenticated(self.name, self.tags, self.info, self._hs.resume))
 
     def _on_welcome(self, frame: dict[str, Any], size: int) -> None:
         expected = auth.master_proof(
@@ -628,8 +631,8 @@ class Session:
         self._open(resumed)
 
     def _on_reject(self, frame: dict[str, Any], size: int) -> None:
-        self._events.append(Rejected(frame["code"], frame["reason"]))
-        self._events.append(DropLink(frame["code"], frame["reason"]))
+        self.events_out.append(Rejected(frame["code"], frame["reason"]))
+        self.events_out.append(DropLink(frame["code"], frame["reason"]))
         self._forget_session()  # whatever was refused, do not offer the same resume again
         self._detach(f"rejected: {frame['code']}: {frame['reason']}")
 
@@ -653,18 +656,18 @@ class Session:
             self._ack_due = self._clock() + self.ack_delay
         msg = Message.trusted(frame["kind"], frame["body"], frame["id"], frame.get("reply_to"))
         if msg.reply_to is None:
-            self._events.append(MessageReceived(msg, frame.get("request", False)))
+            self.events_out.append(MessageReceived(msg, frame.get("request", False)))
             return
         if msg.reply_to not in self._requests:
             return  # a late reply to a request that timed out or was cancelled
         del self._requests[msg.reply_to]
         error = frame.get("error")
         if error is not None:
-            self._events.append(
+            self.events_out.append(
                 RequestFailed(msg.reply_to, RemoteError(error["code"], error["reason"]))
             )
         else:
-            self._events.append(ReplyReceived(msg))
+            self.events_out.append(ReplyReceived(msg))
 
     def _on_ack(self, frame: dict[str, Any], size: int) -> None:
         self._handle_ack(frame["ack"])
@@ -682,9 +685,9 @@ class Session:
     def _on_goodbye(self, frame: dict[str, Any], size: int) -> None:
         self._handle_ack(frame["ack"])
         reason = frame["reason"] or "goodbye"
-        self._events.append(DropLink(wire.SHUTDOWN, reason))
+        self.events_out.append(DropLink(wire.SHUTDOWN, reason))
         if self.role is Role.WORKER:
-            self._events.append(GoodbyeReceived(reason, tuple(frame.get("masters", []))))
+            self.events_out.append(GoodbyeReceived(reason, tuple(frame.get("masters", []))))
             self._forget_session()
             self._detach(f"master said goodbye: {reason}")
         else:
@@ -692,7 +695,7 @@ class Session:
 
     def _on_error(self, frame: dict[str, Any], size: int) -> None:
         code, reason = frame["code"], frame["reason"]
-        self._events.append(DropLink(code, reason))
+        self.events_out.append(DropLink(code, reason))
         if self.role is Role.WORKER:
             self._forget_session()
             self._detach(f"master reported an error: {code}: {reason}")
@@ -712,12 +715,12 @@ class Session:
     def _emit_handshake(self, frame: dict[str, Any]) -> None:
         data = self._handshake_codec.encode(frame)
         self.stats.bytes_sent += len(data)
-        self._frames.append(data)
+        self.frames_out.append(data)
 
     def _emit_data(self, frame: dict[str, Any], small_floats: bool = True) -> int:
         data = self._codec.encode(frame, small_floats)
         self.stats.bytes_sent += len(data)
-        self._frames.append(data)
+        self.frames_out.append(data)
         self._last_tx = self._clock()
         self._acked_in = self._in_seq
         self._unacked_in_bytes = 0
@@ -750,7 +753,7 @@ class Session:
         self.state = State.OPEN
         self._last_rx = now
         self._last_tx = now
-        self._events.append(Attached(self.session_id, resumed))
+        self.events_out.append(Attached(self.session_id, resumed))
         for out in self._outbox:  # retransmit what the peer has not acknowledged
             self.stats.retransmitted += 1
             self._emit_msg(out)
@@ -787,9 +790,9 @@ class Session:
         msg = Message.trusted(kind, body, f"{self._ids}{next_id}", reply_to)
         out = _Outgoing(msg, request, error, small)
         window = self._window
-        if not pending and self.state is _OPEN and window.fits(0):
+        if not pending and self.state is _OPEN and not window.full:
             self._send_now(out)
-            if not window.fits(0):
+            if window.full:
                 self._set_paused(True)
         else:
             out.size = len(kind) + estimate + 64  # an estimate until it is encoded
@@ -828,7 +831,7 @@ class Session:
             raise MessageError("body", exc.reason) from None
 
     def _flush_pending(self) -> None:
-        while self._pending and self.state is State.OPEN and self._window.fits(0):
+        while self._pending and self.state is _OPEN and not self._window.full:
             out = self._pending.popleft()
             self._pending_bytes -= out.size
             try:
@@ -836,15 +839,15 @@ class Session:
             except MessageError as exc:  # too large once encoded: it can never be sent
                 if out.request:
                     self._requests.pop(out.message.id, None)
-                    self._events.append(RequestFailed(out.message.id, exc))
-                self._events.append(SendFailed(out.message, str(exc)))
+                    self.events_out.append(RequestFailed(out.message.id, exc))
+                self.events_out.append(SendFailed(out.message, str(exc)))
         if not self._pending and not self._window.full:
             self._set_paused(False)
 
     def _set_paused(self, paused: bool) -> None:
         if paused != self._paused:
             self._paused = paused
-            self._events.append(Paused() if paused else Resumed())
+            self.events_out.append(Paused() if paused else Resumed())
 
     def _handle_ack(self, ack: int) -> None:
         if ack > self._out_seq:
@@ -885,14 +888,14 @@ class Session:
             self._set_paused(True)
         if self.role is Role.MASTER:
             self._grace_deadline = self._clock() + self.grace
-        self._events.append(Detached(reason))
+        self.events_out.append(Detached(reason))
 
     def _close(self, code: str, reason: str) -> None:
         self.state = State.CLOSED
         requests, self._requests = self._requests, {}
         for rid in requests:
-            self._events.append(RequestFailed(rid, LinkLost(f"session closed: {reason}")))
-        self._events.append(Closed(code, reason))
+            self.events_out.append(RequestFailed(rid, LinkLost(f"session closed: {reason}")))
+        self.events_out.append(Closed(code, reason))
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         """The peer broke the protocol: say why, drop the link, end or detach the session."""
@@ -901,15 +904,15 @@ class Session:
                 self._emit_handshake({"type": "reject", "code": exc.code, "reason": exc.reason})
             else:
                 self._emit_data({"type": "error", "code": exc.code, "reason": exc.reason})
-            self._events.append(DropLink(exc.code, exc.reason))
+            self.events_out.append(DropLink(exc.code, exc.reason))
             self._close(exc.code, exc.detail)
             return
         if self.state is State.OPEN:
             self._emit_data({"type": "error", "code": exc.code, "reason": exc.reason})
             self._forget_session()
-        self._events.append(DropLink(exc.code, exc.reason))
+        self.events_out.append(DropLink(exc.code, exc.reason))
         if exc.code == wire.AUTH_FAILED:
-            self._events.append(Rejected(exc.code, exc.reason))
+            self.events_out.append(Rejected(exc.code, exc.reason))
         self._detach(f"{exc.code}: {exc.reason}")
 
 

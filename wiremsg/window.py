@@ -34,6 +34,9 @@ class SendWindow:
         self.max_bytes = max_bytes
         self.messages = 0
         self.bytes = 0
+        self.full = False
+        """True when not even an empty message fits (kept up to date, not computed: the
+        session reads it on every send)."""
 
     def fits(self, size: int) -> bool:
         """True if a message of ``size`` bytes may be sent now."""
@@ -41,22 +44,22 @@ class SendWindow:
             return True
         return self.messages < self.max_messages and self.bytes + size <= self.max_bytes
 
-    @property
-    def full(self) -> bool:
-        """True when not even an empty message fits."""
-        return not self.fits(0)
-
     def sent(self, size: int) -> None:
         """Account for one message of ``size`` bytes put in flight."""
         self.messages += 1
         self.bytes += size
+        self.full = self.messages >= self.max_messages or self.bytes > self.max_bytes
 
     def acked(self, size: int, count: int = 1) -> None:
         """Account for ``count`` in-flight messages of ``size`` bytes in all acknowledged."""
         self.messages -= count
         self.bytes -= size
+        self.full = self.messages > 0 and (
+            self.messages >= self.max_messages or self.bytes > self.max_bytes
+        )
 
     def reset(self) -> None:
         """Forget everything in flight (the session is retransmitting from scratch)."""
         self.messages = 0
         self.bytes = 0
+        self.full = False

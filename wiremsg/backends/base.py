@@ -237,33 +237,31 @@ class BaseLink(Link):
                 if not self._hand_over(receiver, frame):
                     return
             return
-        self._hand_over(receiver, frames, batch)
-
-    def _hand_over(
-        self,
-        receiver: LinkReceiver,
-        frame: Any,
-        take: Callable[[Any], None] | None = None,
-    ) -> bool:
-        """Give ``frame`` to ``receiver`` (or to ``take``, its batch method, a list of frames);
-        a receiver that raises closes the link uncleanly."""
         try:
-            if take is None:
-                receiver.frame_received(frame)
-            else:
-                take(frame)
+            batch(frames)
         except Exception as exc:
-            _log.failure("receiver of link to {peer} failed; closing it", peer=self.peer)
-            self._held.clear()
-            text = f"receiver failed: {exc!r}"
-            if self._reason is None:
-                self._reason = CloseReason(text, local=True, clean=False)
-            if not self._closing:
-                self._closing = True
-                self._abort(text)
-            self._finish_close()
+            self._receiver_failed(exc)
+
+    def _hand_over(self, receiver: LinkReceiver, frame: bytes) -> bool:
+        """Give ``frame`` to ``receiver``; a receiver that raises closes the link uncleanly."""
+        try:
+            receiver.frame_received(frame)
+        except Exception as exc:
+            self._receiver_failed(exc)
             return False
         return True
+
+    def _receiver_failed(self, exc: Exception) -> None:
+        """Our receiver raised ``exc`` (called from its ``except``): log, close uncleanly."""
+        _log.failure("receiver of link to {peer} failed; closing it", peer=self.peer)
+        self._held.clear()
+        text = f"receiver failed: {exc!r}"
+        if self._reason is None:
+            self._reason = CloseReason(text, local=True, clean=False)
+        if not self._closing:
+            self._closing = True
+            self._abort(text)
+        self._finish_close()
 
     def _notify_closed(self, reason: CloseReason) -> None:
         """Record that the channel is gone; the receiver hears of it exactly once."""

@@ -152,7 +152,9 @@ class BatchLink(BaseLink):
         if self.flush_full_batches and self._batch_bytes >= BATCH_BYTES:
             self._seal()
             self._flush()
-        self._mark_dirty()
+        if not self._dirty:
+            self._dirty = True
+            self._schedule_flush()
 
     def _shutdown(self, reason: str) -> None:
         self._close_text = reason
