@@ -33,6 +33,8 @@ from wiremsg.session import Session
 log = Logger()
 
 EventHandler = Callable[["SessionDriver", Event], None]
+MessageHandler = Callable[["SessionDriver", Message, bool], None]
+"""``on_message(driver, message, request)``: an application message arrived."""
 
 
 class _Receiver:
@@ -50,12 +52,24 @@ class _Receiver:
             driver._frame(frame)
 
     def frames_received(self, frames: list[bytes]) -> None:
-        start, end = 0, len(frames)
-        while start < end:  # a resume mid-batch hands the link, and the rest, to another driver
-            driver = self.driver
-            if driver is None or driver._receiver is not self:
-                return
-            start = driver._frames(frames, start, self)
+        """Feed each frame to the current driver's session and act on what it produced at
+        once, as for single frames; drain waiters and the timer are seen to once per batch
+        (and per driver: a resume mid-batch hands the link, and the rest, to another one)."""
+        driver: SessionDriver | None = None
+        try:
+            for frame in frames:
+                current = self.driver
+                if current is None or current._receiver is not self:
+                    return
+                if current is not driver:
+                    if driver is not None:
+                        driver.flush()
+                    driver = current
+                driver.session.frame_received(frame)
+                driver._pump()
+        finally:
+            if driver is not None:
+                driver.flush()
 
     def link_closed(self, reason: CloseReason) -> None:
         driver = self.driver
@@ -70,15 +84,26 @@ class SessionDriver:
     :param session: the sans-IO session to drive.
     :param reactor: provides ``callLater`` and ``seconds`` (the session's clock must agree).
     :param on_event: called with ``(driver, event)`` for each event other than replies.
+    :param on_message: if given, called instead of ``on_event`` for each
+        :class:`~wiremsg.events.MessageReceived`, with ``(driver, message, request)``: the hot
+        path of every message, one call shorter.
     """
 
-    def __init__(self, session: Session, reactor: Any, on_event: EventHandler) -> None:
+    def __init__(
+        self,
+        session: Session,
+        reactor: Any,
+        on_event: EventHandler,
+        on_message: MessageHandler | None = None,
+    ) -> None:
         self.session = session
         self.reactor = reactor
         self.on_event = on_event
+        self.on_message = on_message
         self.link: Link | None = None
         self._receiver: _Receiver | None = None
         self._timer: DelayedCall | None = None
+        self._timer_at = 0.0  # when _timer fires (meaningful while it is set)
         self._waiting: dict[str, Deferred[Message]] = {}
         self._drain_waiters: list[Deferred[None]] = []
         self.peer = ""
@@ -119,23 +144,6 @@ class SessionDriver:
         self.session.frame_received(frame)
         self.flush()
 
-    def _frames(self, frames: list[bytes], start: int, receiver: _Receiver) -> int:
-        """Feed ``frames[start:]`` while ``receiver`` is current; returns where it stopped.
-
-        Each frame's frames and events are acted on at once, as for single frames; the drain
-        waiters and the timer are seen to once, at the end."""
-        feed, pump = self.session.frame_received, self._pump
-        end = len(frames)
-        pos = start
-        try:
-            while pos < end and self._receiver is receiver:
-                feed(frames[pos])
-                pos += 1
-                pump()
-        finally:
-            self.flush()
-        return pos
-
     def _lost(self, reason: CloseReason) -> None:
         self.link = None
         self._receiver = None
@@ -175,8 +183,9 @@ class SessionDriver:
         Loops until the session is quiet: an event handler may produce more frames (the
         master's ``accept()`` after ``Authenticated`` writes ``welcome``).
         """
-        self._pump()
         session = self.session
+        if session.frames_out or session.events_out:
+            self._pump()
         if self._drain_waiters and session.in_flight == 0:
             waiters, self._drain_waiters = self._drain_waiters, []
             for w in waiters:
@@ -190,7 +199,9 @@ class SessionDriver:
         A send only moves deadlines later (the heartbeat), so the armed timer stays valid: at
         worst it fires early and tick() re-arms. A send acknowledges nothing, so no drain
         waiter can be due either. This is the send path's fast path."""
-        self._pump()
+        session = self.session
+        if session.frames_out or session.events_out:
+            self._pump()
         if self._timer is None:
             self._arm()
 
@@ -224,7 +235,10 @@ class SessionDriver:
     def _handle(self, event: Event) -> None:
         if type(event) is MessageReceived:  # the hot path: straight to the owner
             try:
-                self.on_event(self, event)
+                if self.on_message is not None:
+                    self.on_message(self, event.message, event.request)
+                else:
+                    self.on_event(self, event)
             except Exception:
                 log.failure("event handler failed on {event!r}", event=event)
         elif type(event) is ReplyReceived:
@@ -260,17 +274,15 @@ class SessionDriver:
     def _arm(self) -> None:
         deadline = self.session.next_deadline()
         timer = self._timer
-        if deadline is None:
-            if timer is not None and timer.active():
-                timer.cancel()
-            self._timer = None
-            return
-        if timer is not None and timer.active():
-            if timer.getTime() <= deadline:
+        if timer is not None:  # ours, and active: _tick and stop_timer clear it
+            if deadline is not None and self._timer_at <= deadline:
                 return  # fires early at worst; tick() then re-arms
             timer.cancel()
-        delay = max(0.0, deadline - self.reactor.seconds())
-        self._timer = self.reactor.callLater(delay, self._tick)
+            self._timer = None
+        if deadline is not None:
+            delay = max(0.0, deadline - self.reactor.seconds())
+            self._timer = self.reactor.callLater(delay, self._tick)
+            self._timer_at = deadline
 
     def _tick(self) -> None:
         self._timer = None

@@ -33,7 +33,6 @@ from wiremsg.events import (
     Closed,
     Detached,
     Event,
-    MessageReceived,
     Paused,
     Resumed,
     SessionStats,
@@ -338,17 +337,18 @@ class Master:
             link.close("too many pending handshakes")
             return
         session = Session.master(self._secrets.get, self.reactor.seconds, **self._options)
-        driver = SessionDriver(session, self.reactor, self._on_event)
+        driver = SessionDriver(session, self.reactor, self._on_event, self._on_message)
         self._handshaking[driver] = scheme
         driver.attach(link)
         driver.flush()
 
+    def _on_message(self, driver: SessionDriver, message: Message, request: bool) -> None:
+        peer = self._by_driver.get(driver)
+        if peer is not None:
+            self._handlers.dispatch(driver, message, request, (peer, message))
+
     def _on_event(self, driver: SessionDriver, event: Event) -> None:
-        if isinstance(event, MessageReceived):
-            peer = self._by_driver.get(driver)
-            if peer is not None:
-                self._handlers.dispatch(driver, event.message, event.request, (peer, event.message))
-        elif isinstance(event, Authenticated):
+        if isinstance(event, Authenticated):
             self._authenticated(driver, event)
         elif isinstance(event, Attached):
             self._attached(driver, event)

@@ -791,7 +791,7 @@ class Session:
         out = _Outgoing(msg, request, error, small)
         window = self._window
         if not pending and self.state is _OPEN and not window.full:
-            self._send_now(out)
+            self._emit_msg(out, fresh=True)
             if window.full:
                 self._set_paused(True)
         else:
@@ -801,19 +801,15 @@ class Session:
             self._set_paused(True)
         return msg
 
-    def _send_now(self, out: _Outgoing) -> None:
-        seq = out.seq = self._out_seq + 1
-        size = out.size = self._emit_msg(out)  # may raise MessageError: then no seq is used up
-        self._out_seq = seq
-        self._outbox.append(out)
-        self._window.sent(size)
-        self.stats.messages_sent += 1
-
-    def _emit_msg(self, out: _Outgoing) -> int:
+    def _emit_msg(self, out: _Outgoing, fresh: bool = False) -> None:
+        """Write ``out``'s msg frame. A ``fresh`` message takes the next seq and goes in flight
+        (only once it is encoded: a message too large to encode raises MessageError and uses
+        no seq); a retransmission keeps its seq."""
         msg = out.message
+        seq = self._out_seq + 1 if fresh else out.seq
         frame: dict[str, Any] = {
             "type": "msg",
-            "seq": out.seq,
+            "seq": seq,
             "ack": self._in_seq,
             "id": msg.id,
             "kind": msg.kind,
@@ -826,16 +822,22 @@ class Session:
         if out.error is not None:
             frame["error"] = {"code": out.error[0], "reason": out.error[1]}
         try:
-            return self._emit_data(frame, out.small_floats)
+            size = self._emit_data(frame, out.small_floats)
         except ProtocolError as exc:  # FrameTooLarge: our own message is too big
             raise MessageError("body", exc.reason) from None
+        if fresh:
+            out.seq, out.size = seq, size
+            self._out_seq = seq
+            self._outbox.append(out)
+            self._window.sent(size)
+            self.stats.messages_sent += 1
 
     def _flush_pending(self) -> None:
         while self._pending and self.state is _OPEN and not self._window.full:
             out = self._pending.popleft()
             self._pending_bytes -= out.size
             try:
-                self._send_now(out)
+                self._emit_msg(out, fresh=True)
             except MessageError as exc:  # too large once encoded: it can never be sent
                 if out.request:
                     self._requests.pop(out.message.id, None)

@@ -30,7 +30,6 @@ from wiremsg.events import (
     Detached,
     Event,
     GoodbyeReceived,
-    MessageReceived,
     Paused,
     Rejected,
     Resumed,
@@ -115,7 +114,7 @@ class Worker:
             random=random,
             **dict(session_options or {}),
         )
-        self._driver = SessionDriver(self.session, self.reactor, self._on_event)
+        self._driver = SessionDriver(self.session, self.reactor, self._on_event, self._on_message)
         self._handlers = Handlers(f"worker {name}")
         self._backends = BackendPool(self.reactor)
         self._running = False
@@ -298,10 +297,11 @@ class Worker:
 
     # -- session events -----------------------------------------------------------------------
 
+    def _on_message(self, driver: SessionDriver, message: Message, request: bool) -> None:
+        self._handlers.dispatch(driver, message, request, (message,))
+
     def _on_event(self, driver: SessionDriver, event: Event) -> None:
-        if isinstance(event, MessageReceived):
-            self._handlers.dispatch(driver, event.message, event.request, (event.message,))
-        elif isinstance(event, Attached):
+        if isinstance(event, Attached):
             self._was_open = True
             self._goodbye = False
             self._failover.attached()

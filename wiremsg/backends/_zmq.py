@@ -214,12 +214,6 @@ class _Conn:
             return False
         return True
 
-    def mark(self, link: ZMQLink) -> None:
-        """``link`` has something to send: flush it in the next pump."""
-        link._dirty = True
-        self.dirty.append(link)
-        self.backend._mark(self)
-
     def pump(self) -> None:
         """Send what waits, read what arrived; loop while ``EVENTS`` says there is more."""
         budget, sock = READ_BUDGET, self.sock
@@ -350,7 +344,9 @@ class ZMQLink(BatchLink):
     # -- BatchLink hooks -----------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        self._conn.mark(self)
+        conn = self._conn  # flush this link in the conn's next pump
+        conn.dirty.append(self)
+        conn.backend._mark(conn)
 
     def _hand_out(self) -> None:
         """Hand queued messages to ZeroMQ until it takes no more."""
