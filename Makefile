@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/wiremsg demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check wiremsg tests examples benchmarks
-	$(BIN)/ruff format --check wiremsg tests examples benchmarks
+	$(BIN)/ruff check wiremsg compat tests examples benchmarks
+	$(BIN)/ruff format --check wiremsg compat tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
