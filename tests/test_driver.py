@@ -112,3 +112,16 @@ def test_a_link_handed_over_mid_batch_takes_the_rest_of_the_batch_along() -> Non
     assert other.link is None and link.shut
     driver.stop_timer()
     other.stop_timer()
+
+
+def test_requests_and_replies_are_pushed_one_way_messages_wait_for_the_turn() -> None:
+    pushed: list[int] = []
+    _pair, driver, link, _ = master_driver()
+    link.push = lambda: pushed.append(len(link.written))  # type: ignore[method-assign]
+    driver.send("n", {"one": "way"})
+    assert pushed == []
+    driver.request("echo", {"x": 1})
+    assert pushed == [2], "pushed once the request was written"
+    driver.write(push=True)
+    assert pushed == [2, 2]
+    driver.stop_timer()

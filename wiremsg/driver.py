@@ -173,6 +173,8 @@ class SessionDriver:
         d: Deferred[Message] = Deferred(cancel)
         self._waiting[msg.id] = d
         self.flush()
+        if self.link is not None:
+            self.link.push()  # someone waits for the answer: do not wait for the turn's end
         return d
 
     # -- output ---------------------------------------------------------------------------
@@ -192,16 +194,20 @@ class SessionDriver:
                 w.callback(None)
         self._arm()
 
-    def write(self) -> None:
+    def write(self, push: bool = False) -> None:
         """Write what the session produced by a send or a reply: :meth:`flush` without its
         drain check, and without re-arming a timer that is already set.
 
         A send only moves deadlines later (the heartbeat), so the armed timer stays valid: at
         worst it fires early and tick() re-arms. A send acknowledges nothing, so no drain
-        waiter can be due either. This is the send path's fast path."""
+        waiter can be due either. This is the send path's fast path. ``push``: a requester
+        waits for what was written (a reply): ask the link to send it now (:meth:`Link.push`).
+        """
         session = self.session
         if session.frames_out or session.events_out:
             self._pump()
+        if push and self.link is not None:
+            self.link.push()
         if self._timer is None:
             self._arm()
 

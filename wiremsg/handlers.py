@@ -119,7 +119,7 @@ class Handlers:
         except Exception as exc:  # an invalid reply body is the handler's bug
             self._answer_error(driver, request, wire.HANDLER_ERROR, f"bad reply: {exc}")
             return
-        driver.write()
+        driver.write(push=True)
 
     def _answer_failure(self, driver: SessionDriver, request: Message, failure: Failure) -> None:
         exc = failure.value
@@ -142,4 +142,4 @@ class Handlers:
             driver.session.reply_error(request, code, reason)
         except (LinkLost, WindowFull):
             return
-        driver.write()
+        driver.write(push=True)

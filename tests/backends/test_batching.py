@@ -158,3 +158,26 @@ def test_receiver_failure_aborts_with_an_x(monkeypatch: Any) -> None:
     link._receive(b"D\x00\x00\x00\x01a")
     assert link.controls and link.controls[0].startswith(b"X")
     assert rx.closes and rx.closes[0].clean is False
+
+
+def test_push_hands_the_open_batch_over_at_once_and_keeps_the_turns_flush() -> None:
+    link = ListLink()
+    link.send(b"request")
+    link.push()
+    assert link.sent == [b"D\x00\x00\x00\x07request"], "a request does not wait for the turn"
+    link.push()  # nothing open: nothing sent
+    link.send(b"more")
+    link.clock.advance(0)
+    assert link.sent[1:] == [b"D\x00\x00\x00\x04more"]
+
+
+def test_push_is_ignored_where_sends_may_fail_at_once() -> None:
+    class Careful(ListLink):
+        flush_full_batches = False
+
+    link = Careful()
+    link.send(b"request")
+    link.push()
+    assert link.sent == []
+    link.clock.advance(0)
+    assert link.sent == [b"D\x00\x00\x00\x07request"]

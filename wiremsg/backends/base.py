@@ -118,6 +118,13 @@ class Link(ABC):
         :raises TypeError: if ``frame`` is not ``bytes``.
         """
 
+    def push(self) -> None:
+        """Hand the frames already passed to :meth:`send` to the transport now, rather than at
+        the end of this reactor turn: someone waits for them (a request, a reply). A hint: a
+        backend that coalesces the frames of a turn may honour it; the default does nothing.
+        Never raises, delivers or notifies from inside the call."""
+        return  # a hint: sending at the end of the turn is always correct
+
     @abstractmethod
     def close(self, reason: str = "closed") -> None:
         """Begin closing. Idempotent; never raises. Frames already passed to :meth:`send` are

@@ -86,8 +86,9 @@ class BatchLink(BaseLink):
     """
 
     flush_full_batches = True
-    """Hand a batch to the transport as soon as it is sealed, not only at the end of the turn
-    (only if :meth:`_hand_out` never ends the link synchronously)."""
+    """Hand a batch to the transport as soon as it is sealed, and honour :meth:`push`, not
+    only at the end of the turn (only if :meth:`_hand_out` never ends the link
+    synchronously)."""
 
     overflow_where = "a peer that does not read"
     """Completes "send queue overflow: N bytes wait for ..." in the close reason."""
@@ -176,6 +177,15 @@ class BatchLink(BaseLink):
         self._finish(CloseReason(reason, local=True, clean=False), linger=True)
 
     # -- sending -------------------------------------------------------------------------------
+
+    def push(self) -> None:
+        """Hand the open batch to the transport now (see :meth:`Link.push`): a request or a
+        reply need not wait for the turn to unwind. The flush at the end of the turn still
+        runs (it re-reads the transport's state after this send)."""
+        if self.flush_full_batches and self._batch_bytes and self._doom is None:
+            self._seal()
+            self._flush()
+            self._mark_dirty()
 
     def _mark_dirty(self) -> None:
         if not self._dirty:

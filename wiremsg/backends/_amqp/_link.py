@@ -64,7 +64,7 @@ class AMQPLink(BatchLink):
     :ivar peer_queue: the other end's own queue (where this end publishes).
     """
 
-    flush_full_batches = False  # a publish may fail at once: never inside send()
+    flush_full_batches = False  # a publish may fail at once: never inside send() or push()
     overflow_where = "the broker"
 
     def __init__(
