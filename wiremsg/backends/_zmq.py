@@ -228,9 +228,6 @@ class _Conn:
                 if self.blocked and events & zmq.POLLOUT and self._unblock():
                     continue
                 if self.paused or not events & zmq.POLLIN:
-                    # Everything sent and EVENTS re-checked since: a pump already asked for
-                    # (by a send during this one) has nothing left to do.
-                    self.backend._dirty.pop(self, None)
                     break
                 if budget <= 0:
                     self.backend._mark(self)
