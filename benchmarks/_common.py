@@ -612,6 +612,69 @@ def log_failure(what: str) -> Callable[[Any], None]:
     return log
 
 
+# -- a raw library's pair: the master's side of the tests ---------------------------------------
+
+RAW_HELLO, RAW_START, RAW_ECHO, RAW_QUIT, RAW_BYE = b"H", b"S", b"E", b"Q", b"q"
+"""A raw pair's one-byte message kinds: the worker's hello, start a test (JSON spec follows),
+an echo (payload follows), quit, and the worker's last word. Anything else is a one-way
+test message."""
+
+
+async def raw_master_tests(
+    reactor: Any,
+    params: dict[str, Any],
+    sink: Sink,
+    send: Callable[[bytes], None],
+    waiting: list[Any],
+    bye: Any,
+) -> dict[str, Any]:
+    """Run small, rtt and large from a raw pair's master over ``send``; returns the figures.
+
+    :param sink: where the one-way messages land (the caller's receive path hits it).
+    :param waiting: the caller's receive path fires and pops the last Deferred here with an
+        echo's reply.
+    :param bye: a Deferred the caller fires on the worker's last word (after ``RAW_QUIT``).
+    """
+    import json
+
+    from twisted.internet.defer import Deferred
+
+    tests = params["tests"]
+    result: dict[str, Any] = {}
+
+    def start(test: str, count: int, size: int) -> Callable[[], None]:
+        spec = {"test": test, "count": count, "size": size}
+        return lambda: send(RAW_START + json.dumps(spec).encode())
+
+    def echo(request: bytes) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        waiting.append(d)
+        send(request)
+        return d
+
+    if "small" in tests:
+        n, size = params["small_count"], params["small_size"]
+        run = await sink.run(n, params["small_warmup"], start("small", n, size))
+        result.update(one_way_figures("small", run, size))
+        result["msgs_per_s"] = result["small_msgs_per_s"]
+    if "rtt" in tests:
+        request = RAW_ECHO + text(params["rtt_size"]).encode("ascii")
+        if await echo(request) != request:
+            raise RuntimeError("echo returned something else")
+        result.update(
+            await measure_rtt(lambda: echo(request), params["rtt_samples"], params["rtt_warmup"])
+        )
+    if "large" in tests:
+        n, size = params["large_count"], params["large_size"]
+        run = await sink.run(n, params["large_warmup"], start("large", n, size))
+        result.update(one_way_figures("large", run, size))
+    result["strays"] = sink.strays
+    send(RAW_QUIT)
+    bye.addTimeout(QUIET_TIMEOUT, reactor)
+    await bye
+    return result
+
+
 # -- wiremsg itself, the same over every backend ---------------------------------------------
 
 SECRET = "bench-secret"

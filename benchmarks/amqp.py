@@ -43,7 +43,7 @@ from types import MappingProxyType
 from typing import Any
 
 import _common as common
-from _common import QUIET_TIMEOUT, Busy, Sink, measure_rtt, one_way_figures, text
+from _common import QUIET_TIMEOUT, Busy, Sink, text
 
 BENCHMARK = "amqp"
 IMPLS = ("wiremsg_json", "wiremsg_msgpack", "raw_pika")
@@ -139,7 +139,13 @@ def _wiremsg(codec: str) -> tuple[common.ServerMain, common.ClientMain]:
 # -- raw pika on the Twisted adapter ----------------------------------------------------------
 
 # What the raw pair's messages start with (the one-way payload itself starts with "[").
-_HELLO, _START, _ECHO, _QUIT, _BYE = b"H", b"S", b"E", b"Q", b"q"
+_HELLO, _START, _ECHO, _QUIT, _BYE = (
+    common.RAW_HELLO,
+    common.RAW_START,
+    common.RAW_ECHO,
+    common.RAW_QUIT,
+    common.RAW_BYE,
+)
 
 
 def _raw_pika() -> tuple[common.ServerMain, common.ClientMain]:
@@ -229,7 +235,6 @@ def _raw_pika() -> tuple[common.ServerMain, common.ClientMain]:
             elif kind == _BYE and not bye.called:
                 bye.callback(None)
 
-        tests = params["tests"]
         result: dict[str, Any] = {}
         try:
             consume(channel, queue, on_message)
@@ -240,38 +245,7 @@ def _raw_pika() -> tuple[common.ServerMain, common.ClientMain]:
             def send(data: bytes) -> None:
                 channel.basic_publish("", worker, data)
 
-            def start(test: str, count: int, size: int) -> Callable[[], None]:
-                spec = {"test": test, "count": count, "size": size}
-                return lambda: send(_START + json.dumps(spec).encode())
-
-            def echo(request: bytes) -> Deferred[bytes]:
-                d: Deferred[bytes] = Deferred()
-                waiting.append(d)
-                send(request)
-                return d
-
-            if "small" in tests:
-                n, size = params["small_count"], params["small_size"]
-                run = await sink.run(n, params["small_warmup"], start("small", n, size))
-                result.update(one_way_figures("small", run, size))
-                result["msgs_per_s"] = result["small_msgs_per_s"]
-            if "rtt" in tests:
-                request = _ECHO + text(params["rtt_size"]).encode("ascii")
-                if await echo(request) != request:
-                    raise RuntimeError("echo returned something else")
-                result.update(
-                    await measure_rtt(
-                        lambda: echo(request), params["rtt_samples"], params["rtt_warmup"]
-                    )
-                )
-            if "large" in tests:
-                n, size = params["large_count"], params["large_size"]
-                run = await sink.run(n, params["large_warmup"], start("large", n, size))
-                result.update(one_way_figures("large", run, size))
-            result["strays"] = sink.strays
-            send(_QUIT)
-            bye.addTimeout(QUIET_TIMEOUT, reactor)
-            await bye
+            result = await common.raw_master_tests(reactor, params, sink, send, waiting, bye)
         finally:
             await close(conn)
         return result
