@@ -125,6 +125,11 @@ _ROUTER_EVENTS = zmq.EVENT_DISCONNECTED | _FAILED
 _DEALER_EVENTS = zmq.EVENT_CLOSED | zmq.EVENT_DISCONNECTED | _FAILED
 _PARAMS = {"sndhwm", "rcvhwm", "heartbeat", "heartbeat_timeout", "curve_secret", "curve_public"}
 _ZAP = "inproc://zeromq.zap.01"
+# Plain ints: pyzmq's IntEnum/IntFlag members cost an enum construction per operation
+# (``events & zmq.POLLIN`` builds a PollEvent), which shows on the per-message path.
+_EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
+_POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
+_NOBLOCK, _NOBLOCK_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 def _event_text(event: int, value: int) -> str:
@@ -185,6 +190,9 @@ class _Conn:
         self.dirty: list[ZMQLink] = []
         self.blocked: dict[ZMQLink, None] = {}
         self.paused = self.closed = False
+        # True from a _mark() (a send, or more to read) until pump() next reads EVENTS:
+        # _run_dirty skips a conn whose EVENTS were read after its last send.
+        self.stale = True
         self._retry: Any = None
 
     def start(self, events: int, hook: Callable[[zmq.Socket[bytes]], object]) -> None:
@@ -201,7 +209,7 @@ class _Conn:
 
     def send_to(self, ident: bytes | None, msg: bytes) -> None:
         """Send one message without blocking (raises ``zmq.Again`` at the high-water mark)."""
-        self.sock.send(msg, zmq.NOBLOCK, copy=len(msg) < _COPY_BELOW)
+        self.sock.send(msg, _NOBLOCK, copy=len(msg) < _COPY_BELOW)
 
     def try_send(self, ident: bytes | None, msg: bytes) -> bool:
         """Send a control message, best effort; the socket is pumped afterwards."""
@@ -224,10 +232,11 @@ class _Conn:
                     for link in dirty:
                         link._flush()
                     continue
-                events = cast(int, sock.get(zmq.EVENTS))
-                if self.blocked and events & zmq.POLLOUT and self._unblock():
+                self.stale = False
+                events = cast(int, sock.get(_EVENTS))
+                if self.blocked and events & _POLLOUT and self._unblock():
                     continue
-                if self.paused or not events & zmq.POLLIN:
+                if self.paused or not events & _POLLIN:
                     break
                 if budget <= 0:
                     self.backend._mark(self)
@@ -256,16 +265,16 @@ class _Conn:
         return len(self.blocked) < before
 
     def _skip(self) -> None:
-        while self.sock.get(zmq.RCVMORE):
-            self.sock.recv(zmq.NOBLOCK)
+        while self.sock.get(_RCVMORE):
+            self.sock.recv(_NOBLOCK)
 
     def _read_monitor(self) -> None:
         monitor = self.monitor
         while not self.closed and monitor is not None:
-            if not cast(int, monitor.get(zmq.EVENTS)) & zmq.POLLIN:
+            if not cast(int, monitor.get(_EVENTS)) & _POLLIN:
                 return
             try:
-                parts = monitor.recv_multipart(zmq.NOBLOCK)
+                parts = monitor.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 continue
             event, value = _EVENT(parts[0])
@@ -442,15 +451,15 @@ class _RouterConn(_Conn):
         """Send to one identity (EHOSTUNREACH if it is gone, thanks to ROUTER_MANDATORY)."""
         assert ident is not None
         sock = self.sock
-        sock.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
-        sock.send(msg, zmq.NOBLOCK, copy=len(msg) < _COPY_BELOW)
+        sock.send(ident, _NOBLOCK_MORE)
+        sock.send(msg, _NOBLOCK, copy=len(msg) < _COPY_BELOW)
 
     def _read(self, budget: int) -> int:
         sock, links, n = self.sock, self.links, 0
         recv = sock.recv
         while n < budget and not self.closed:
             try:
-                ident = recv(zmq.NOBLOCK)
+                ident = recv(_NOBLOCK)
             except zmq.Again:
                 break
             n += 1
@@ -458,8 +467,8 @@ class _RouterConn(_Conn):
             if link is None:
                 self._stranger(ident)
                 continue
-            data = recv(zmq.NOBLOCK)
-            if sock.get(zmq.RCVMORE):
+            data = recv(_NOBLOCK)
+            if sock.get(_RCVMORE):
                 self._skip()
                 link._violate("a multipart message")
             else:
@@ -470,8 +479,8 @@ class _RouterConn(_Conn):
 
     def _stranger(self, ident: bytes) -> None:
         """A message from an identity without a link: a hello, or one to answer with X."""
-        frame = self.sock.recv(zmq.NOBLOCK, copy=False)
-        multipart = bool(self.sock.get(zmq.RCVMORE))
+        frame = self.sock.recv(_NOBLOCK, copy=False)
+        multipart = bool(self.sock.get(_RCVMORE))
         self._skip()
         data = b"" if multipart else frame.bytes
         if data[:1] == b"H":
@@ -590,11 +599,11 @@ class _DealerConn(_Conn):
         sock, n = self.sock, 0
         while n < budget and not self.closed:
             try:
-                data = sock.recv(zmq.NOBLOCK)
+                data = sock.recv(_NOBLOCK)
             except zmq.Again:
                 break
             n += 1
-            if sock.get(zmq.RCVMORE):
+            if sock.get(_RCVMORE):
                 self._skip()
                 data = b"?multipart"
             if self.link is not None:
@@ -796,7 +805,7 @@ class ZMQBackend(Backend):
             def dial(sock: zmq.Socket[bytes]) -> None:
                 sock.connect(endpoint)
                 try:
-                    sock.send(_HELLO, zmq.NOBLOCK)
+                    sock.send(_HELLO, _NOBLOCK)
                 except zmq.Again:
                     pass  # the connection failed already; its monitor event says why
 
@@ -912,6 +921,7 @@ class ZMQBackend(Backend):
 
     def _mark(self, conn: _Conn) -> None:
         """Pump ``conn`` at the end of the current read, or on the next turn."""
+        conn.stale = True
         self._dirty[conn] = None
         if self._pump_call is None and not self._depth:  # else doRead/_run_dirty see to it
             self._pump_call = self.reactor.callLater(0, self._run_dirty)
@@ -924,7 +934,8 @@ class ZMQBackend(Backend):
         self._depth += 1
         try:
             for conn in dirty:
-                conn.pump()
+                if conn.stale or conn.dirty:  # else pumped since: its EVENTS are current
+                    conn.pump()
         finally:
             self._depth -= 1
         if self._dirty and self._pump_call is None:
@@ -954,10 +965,10 @@ class ZMQBackend(Backend):
     def _zap_ready(self) -> None:
         while self._zap is not None:
             sock = self._zap[0]
-            if not cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
+            if not cast(int, sock.get(_EVENTS)) & _POLLIN:
                 return
             try:
-                request = sock.recv_multipart(zmq.NOBLOCK)
+                request = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 continue
             if len(request) < 8:
