@@ -590,6 +590,60 @@ async def test_a_listener_that_does_not_speak_wiremsg(reactor: Any) -> None:
         ctx.term()
 
 
+# -- the per-message path ----------------------------------------------------------------------
+
+
+class _CountingSocket:
+    """Stands in for a conn's pyzmq socket and counts its ``EVENTS`` reads: each is a
+    ``poll`` and a ``getpid`` syscall inside libzmq, the dearest step of a round trip."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.events_reads = 0
+
+    def get(self, option: int) -> Any:
+        if option == zmq.EVENTS:
+            self.events_reads += 1
+        return self._sock.get(option)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+@async_test
+async def test_a_round_trip_reads_events_once_per_wakeup_and_once_after_sending(
+    reactor: Any,
+) -> None:
+    """Each side of a request/reply reads ``EVENTS`` twice: on the FD's wakeup, and after its
+    send (PITFALLS (b)), not a third time for a conn already pumped since that send."""
+    from wiremsg import Master, Worker
+
+    master = Master({"w": "s"}, reactor=reactor)
+    listener = await master.listen(TCP)
+    worker = Worker("w", "s", [f"zmq://127.0.0.1:{listener.address.port}"], reactor=reactor)
+    worker.on("echo", lambda msg: msg.body)
+    try:
+        await worker.start()
+        peer = await master.wait_for_worker("w", timeout=10)
+        for _ in range(20):  # the handshake's and the window's first acks settle
+            await peer.request("echo", {"n": 0})
+        conns = [cast(ZMQLink, peer._driver.link)._conn]
+        conns.append(cast(ZMQLink, worker._driver.link)._conn)
+        counters = [_CountingSocket(conn.sock) for conn in conns]
+        for conn, counter in zip(conns, counters, strict=True):
+            conn.sock = counter  # type: ignore[assignment]
+        rounds = 200
+        for i in range(rounds):
+            assert (await peer.request("echo", {"n": i})).body == {"n": i}
+        for conn, counter in zip(conns, counters, strict=True):
+            conn.sock = counter._sock
+        reads = [c.events_reads for c in counters]
+        assert all(r <= 2.2 * rounds for r in reads), f"EVENTS reads per side: {reads}"
+    finally:
+        await worker.stop(drain_timeout=1)
+        await master.stop()
+
+
 # -- many links, lifecycle, addresses -----------------------------------------------------------
 
 
