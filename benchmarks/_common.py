@@ -14,6 +14,13 @@ Children talk to the orchestrator in JSON lines on stdout (progress goes to stde
 * the client gets the ``ready`` object as ``--ready JSON``; it may print
   ``{"report": {...}}`` lines (:func:`report`), merged into the pair's result.
 
+Round trips are measured *interleaved* when several implementations are compared: every pair
+is started at once (``--gated``), each server warms up and then waits for a ``go`` line on
+its stdin before each block of round trips, and prints ``{"rtt_block": {...}}`` after it. The
+orchestrator hands out the turns, one block per implementation per cycle, so that every
+implementation is measured in the same stretch of time: a machine whose speed drifts (a VM's
+neighbours, frequency changes) moves all of them alike, and the per-cycle ratios hold.
+
 Every child runs in its own process group and is killed (SIGTERM, then SIGKILL) when its pair
 ends, on errors and on interruption too; a child also dies if the orchestrator does
 (``PR_SET_PDEATHSIG``) and exits by itself after ``--deadline`` seconds. Nothing here knows
@@ -234,11 +241,11 @@ def _die_with_parent(parent: int) -> None:
 class Child:
     """One child process in its own process group, with its stdout read as JSON lines."""
 
-    def __init__(self, argv: list[str], name: str) -> None:
+    def __init__(self, argv: list[str], name: str, gated: bool = False) -> None:
         self.name = name
         self.proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=None,  # the child's progress and logs go straight to our stderr
             start_new_session=True,  # its own process group: killpg reaches all of it
@@ -279,6 +286,17 @@ class Child:
                     raise BenchError(f"{self.name}: exited with code {code} before reporting")
                 self._buffer += chunk
 
+    def go(self) -> None:
+        """Give a gated child its next turn (a ``go`` line on its stdin)."""
+        stdin = self.proc.stdin
+        if stdin is None:
+            raise BenchError(f"{self.name}: not gated")
+        try:
+            stdin.write(b"go\n")
+            stdin.flush()
+        except OSError as exc:
+            raise BenchError(f"{self.name}: cannot give it a turn ({exc})") from None
+
     def wait(self, timeout: float) -> int | None:
         """The exit code, waiting up to ``timeout`` seconds; None if still running."""
         try:
@@ -299,53 +317,90 @@ class Child:
             # The leader has exited; anything it left in its group goes too.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
-def run_pair(
-    script: str,
-    impl: str,
-    params: dict[str, Any],
-    timeout: float,
-    extra_args: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Run ``impl``'s server and client (each pinned, when possible) and return the server's
-    result. Both children are gone when this returns or raises.
+class Pair:
+    """One implementation's server and client (each pinned, when possible), started by
+    :meth:`start` and reaped by :meth:`kill` (always call it, as :func:`run_pair` does).
 
     :param script: the benchmark script, re-invoked with ``--role``.
     :param timeout: seconds the whole pair may take; children get it as their own deadline.
     :param extra_args: appended to both children's command lines (e.g. a profiler switch).
-    :raises BenchError: a child failed, misbehaved or ran out of time.
+    :param gated: the server waits for :meth:`block` turns before each block of round trips.
     """
-    server_cpu, client_cpu = cpu_plan()
-    deadline = time.monotonic() + timeout
-    base = [
-        sys.executable,
-        script,
-        "--impl",
-        impl,
-        "--params",
-        json.dumps(params, separators=(",", ":")),
-        "--parent",
-        str(os.getpid()),
-        "--deadline",
-        str(timeout),
-        *extra_args,
-    ]
 
-    def argv(role: str, cpu: int | None, *more: str) -> list[str]:
-        return [*base, "--role", role, "--cpu", "" if cpu is None else str(cpu), *more]
+    def __init__(
+        self,
+        script: str,
+        impl: str,
+        params: dict[str, Any],
+        timeout: float,
+        extra_args: Sequence[str] = (),
+        gated: bool = False,
+    ) -> None:
+        self.impl, self.gated = impl, gated
+        self.deadline = time.monotonic() + timeout
+        self.base = [
+            sys.executable,
+            script,
+            "--impl",
+            impl,
+            "--params",
+            json.dumps(params, separators=(",", ":")),
+            "--parent",
+            str(os.getpid()),
+            "--deadline",
+            str(timeout),
+            *extra_args,
+        ]
+        self.children: list[Child] = []
+        self.server: Child | None = None
+        self.client: Child | None = None
 
-    children: list[Child] = []
-    try:
-        server = Child(argv("server", server_cpu), f"{impl} server")
-        children.append(server)
-        ready = server.read_message(deadline).get("ready")
+    def _argv(self, role: str, cpu: int | None, *more: str) -> list[str]:
+        return [*self.base, "--role", role, "--cpu", "" if cpu is None else str(cpu), *more]
+
+    def start(self) -> None:
+        """Start the server, wait for its ``ready``, then start the client.
+
+        :raises BenchError: a child failed, misbehaved or ran out of time.
+        """
+        impl = self.impl
+        server_cpu, client_cpu = cpu_plan()
+        gate = ["--gated"] if self.gated else []
+        server_argv = self._argv("server", server_cpu, *gate)
+        server = self.server = Child(server_argv, f"{impl} server", self.gated)
+        self.children.append(server)
+        ready = server.read_message(self.deadline).get("ready")
         if not isinstance(ready, dict):
             raise BenchError(f"{impl} server: expected a ready message first")
-        client = Child(argv("client", client_cpu, "--ready", json.dumps(ready)), f"{impl} client")
-        children.append(client)
+        client_argv = self._argv("client", client_cpu, "--ready", json.dumps(ready))
+        self.client = Child(client_argv, f"{impl} client")
+        self.children.append(self.client)
+
+    def block(self) -> dict[str, Any]:
+        """Give the gated server its turn and return the figures of its block of round trips.
+
+        :raises BenchError: as :meth:`start`.
+        """
+        assert self.server is not None
+        self.server.go()
+        figures = self.server.read_message(self.deadline).get("rtt_block")
+        if not isinstance(figures, dict):
+            raise BenchError(f"{self.impl} server: expected an rtt_block message")
+        return figures
+
+    def finish(self) -> dict[str, Any]:
+        """The server's result, with the client's reports merged in, once both have exited.
+
+        :raises BenchError: as :meth:`start`.
+        """
+        impl, server, client, deadline = self.impl, self.server, self.client, self.deadline
+        assert server is not None and client is not None
         result = server.read_message(deadline).get("result")
         if not isinstance(result, dict):
             raise BenchError(f"{impl} server: expected a result message")
@@ -361,9 +416,64 @@ def run_pair(
         if client.wait(client_deadline - time.monotonic()) is None:
             progress(f"{impl}: client did not exit after the run; killing it")
         return result
-    finally:
-        for child in reversed(children):
+
+    def kill(self) -> None:
+        """End both children (client first). Idempotent."""
+        for child in reversed(self.children):
             child.kill()
+
+
+def run_pair(
+    script: str,
+    impl: str,
+    params: dict[str, Any],
+    timeout: float,
+    extra_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run ``impl``'s pair to the end and return the server's result (see :class:`Pair`).
+    Both children are gone when this returns or raises.
+
+    :raises BenchError: a child failed, misbehaved or ran out of time.
+    """
+    pair = Pair(script, impl, params, timeout, extra_args)
+    try:
+        pair.start()
+        return pair.finish()
+    finally:
+        pair.kill()
+
+
+def run_interleaved_rtt(
+    script: str,
+    impls: Sequence[str],
+    params: dict[str, Any],
+    timeout: float,
+    extra_args: Sequence[str] = (),
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """Measure round trips of every implementation at once, block by block (see the module
+    docstring): all pairs run, gated; each cycle gives every implementation one block, in an
+    order that rotates from cycle to cycle.
+
+    :returns: ``(blocks, results)``: each implementation's per-block figures (one dict per
+        cycle, as rounds are elsewhere) and its pair's final result (over all its blocks).
+    :raises BenchError: a child failed, misbehaved or ran out of time.
+    """
+    pairs = [Pair(script, impl, params, timeout, extra_args, gated=True) for impl in impls]
+    blocks: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    try:
+        for pair in pairs:
+            pair.start()
+        cycles = int(params["rtt_blocks"])
+        for c in range(cycles):
+            order = pairs[c % len(pairs) :] + pairs[: c % len(pairs)]
+            for pair in order:
+                blocks[pair.impl].append(pair.block())
+            shown = ", ".join(f"{i}={b[-1]['rtt_p50_us']}" for i, b in blocks.items())
+            progress(f"rtt block {c + 1}/{cycles}: p50 us {shown}")
+        return blocks, {pair.impl: pair.finish() for pair in pairs}
+    finally:
+        for pair in reversed(pairs):
+            pair.kill()
 
 
 def install_exit_on_sigterm() -> None:
@@ -388,6 +498,7 @@ def add_child_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu", default="", help=hide)
     parser.add_argument("--parent", type=int, default=0, help=hide)
     parser.add_argument("--deadline", type=float, default=120.0, help=hide)
+    parser.add_argument("--gated", action="store_true", help=hide)
     parser.add_argument(
         "--profile-dir",
         help="profile every child with pyinstrument (text and speedscope reports go here)",
@@ -447,6 +558,9 @@ def child_main(
         os._exit(3)
 
     reactor.callLater(args.deadline, timed_out)
+    if args.gated:
+        global _GATE
+        _GATE = Gate(reactor)
 
     def start() -> None:
         if is_server:
@@ -528,17 +642,94 @@ class Sink:
         return {"rate": counter.rate(), "receiver_cpu": round(counter.cpu_utilisation(), 3)}
 
 
-async def measure_rtt(call: Callable[[], Any], samples: int, warmup: int) -> dict[str, Any]:
-    """Time ``await call()`` ``warmup + samples`` times, one at a time; summarise the last
-    ``samples``."""
+class Gate:
+    """A gated child's turns: :meth:`wait` fires on the orchestrator's next ``go`` line on
+    stdin (read by the reactor, so the child stays responsive meanwhile)."""
+
+    def __init__(self, reactor: Any) -> None:
+        from twisted.internet.defer import Deferred
+
+        self.reactor = reactor
+        self._turns = 0  # "go" lines not yet used
+        self._waiting: Deferred[None] | None = None
+        self._buffer = b""
+        os.set_blocking(0, False)
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        """Standard input."""
+        return 0
+
+    def doRead(self) -> None:
+        """Count the ``go`` lines; the orchestrator gone (EOF) ends the child."""
+        try:
+            data = os.read(0, 4096)
+        except BlockingIOError:
+            return
+        if not data:
+            self.reactor.removeReader(self)
+            os._exit(1)
+        self._buffer += data
+        self._turns += self._buffer.count(b"\n")
+        self._buffer = self._buffer.rpartition(b"\n")[2]
+        self._fire()
+
+    def _fire(self) -> None:
+        if self._turns and self._waiting is not None:
+            self._turns -= 1
+            d, self._waiting = self._waiting, None
+            d.callback(None)
+
+    def wait(self) -> Any:
+        """A Deferred that fires at the next turn."""
+        from twisted.internet.defer import Deferred
+
+        d: Deferred[None] = Deferred()
+        self._waiting = d
+        self._fire()
+        return d
+
+    def connectionLost(self, reason: Any) -> None:
+        """Not expected: stdin is only removed at EOF."""
+
+    def logPrefix(self) -> str:
+        """For Twisted's logs."""
+        return "gate"
+
+
+_GATE: Gate | None = None
+"""Set by :func:`child_main` in a ``--gated`` child."""
+
+
+async def measure_rtt(call: Callable[[], Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Time ``await call()`` one at a time: ``rtt_warmup`` untimed calls, then
+    ``rtt_samples`` timed ones, and summarise those.
+
+    In a gated child (interleaved measurement) the timed calls come in ``rtt_blocks`` blocks:
+    each waits for its turn, starts with ``rtt_block_warmup`` untimed calls (the caches went
+    cold while the other implementations had their turns) and is reported on stdout as
+    ``{"rtt_block": ...}``.
+    """
     clock = time.perf_counter
-    out: list[float] = []
-    for i in range(warmup + samples):
-        t0 = clock()
+    for _ in range(params["rtt_warmup"]):
         await call()
-        t1 = clock()
-        if i >= warmup:
-            out.append(t1 - t0)
+    gate = _GATE
+    blocks = max(1, int(params.get("rtt_blocks", 1))) if gate is not None else 1
+    per_block = max(1, params["rtt_samples"] // blocks)
+    out: list[float] = []
+    for _ in range(blocks):
+        if gate is not None:
+            await gate.wait()
+            for _ in range(params.get("rtt_block_warmup", 0)):
+                await call()
+        block: list[float] = []
+        for _ in range(per_block):
+            t0 = clock()
+            await call()
+            block.append(clock() - t0)
+        out.extend(block)
+        if gate is not None:
+            emit({"rtt_block": latency_summary(block)})
     return latency_summary(out)
 
 
@@ -661,9 +852,7 @@ async def raw_master_tests(
         request = RAW_ECHO + text(params["rtt_size"]).encode("ascii")
         if await echo(request) != request:
             raise RuntimeError("echo returned something else")
-        result.update(
-            await measure_rtt(lambda: echo(request), params["rtt_samples"], params["rtt_warmup"])
-        )
+        result.update(await measure_rtt(lambda: echo(request), params))
     if "large" in tests:
         n, size = params["large_count"], params["large_size"]
         run = await sink.run(n, params["large_warmup"], start("large", n, size))
@@ -726,13 +915,7 @@ def wiremsg_server(scheme: str, codec: str, count_units: UnitCounter) -> ServerM
                 reply = await peer.request("echo", body)
                 if reply.body != body:
                     raise RuntimeError("echo returned something else")
-                result.update(
-                    await measure_rtt(
-                        lambda: peer.request("echo", body),
-                        params["rtt_samples"],
-                        params["rtt_warmup"],
-                    )
-                )
+                result.update(await measure_rtt(lambda: peer.request("echo", body), params))
             if "large" in tests:
                 n, size = params["large_count"], params["large_size"]
                 spec = {"test": "large", "count": n, "size": size}
@@ -850,13 +1033,18 @@ def orchestrate(bench: Benchmark, args: argparse.Namespace) -> int:
     )
     results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
     figures: dict[str, Any] = {"benchmark": bench.name, "quick": args.quick, "rounds": rounds}
+    script = os.path.abspath(bench.script)
+    interleave = "rtt" in params["tests"] and len(impls) > 1 and params.get("rtt_blocks", 1) > 1
+    sequential = dict(params, tests=[t for t in params["tests"] if t != "rtt" or not interleave])
+    rtt_blocks: dict[str, list[dict[str, Any]]] = {}
+    rtt_results: dict[str, dict[str, Any]] = {}
     try:
-        for r in range(rounds):
+        for r in range(rounds if sequential["tests"] else 0):
             order = impls[r % len(impls) :] + impls[: r % len(impls)]
             for impl in order:
                 progress(f"round {r + 1}/{rounds}: {impl} ...")
                 t0 = time.monotonic()
-                result = run_pair(os.path.abspath(bench.script), impl, params, timeout, extra)
+                result = run_pair(script, impl, sequential, timeout, extra)
                 results[impl].append(result)
                 shown = ", ".join(
                     f"{k}={result[k]}"
@@ -864,13 +1052,26 @@ def orchestrate(bench: Benchmark, args: argparse.Namespace) -> int:
                     if k in result
                 )
                 progress(f"round {r + 1}/{rounds}: {impl}: {shown} ({time.monotonic() - t0:.1f}s)")
+        if interleave:
+            progress(f"rtt: {len(impls)} implementations, {params['rtt_blocks']} blocks each")
+            rtt_params = dict(params, tests=["rtt"])
+            rtt_blocks, rtt_results = run_interleaved_rtt(script, impls, rtt_params, timeout, extra)
     except BenchError as exc:
         progress(f"FAILED: {exc}")
         emit({"benchmark": bench.name, "error": str(exc)})
         return 1
     for impl in impls:
-        figures[impl] = summarise(results[impl], bench.per_round)
+        figures[impl] = summarise(results[impl], bench.per_round) if results[impl] else {}
+        if impl in rtt_results:
+            rtt = rtt_results[impl]
+            figures[impl].update({k: v for k, v in rtt.items() if k not in figures[impl]})
+            figures[impl].update({k: v for k, v in rtt.items() if k.startswith("rtt_")})
+            figures[impl]["rtt_p50_us_blocks"] = [b["rtt_p50_us"] for b in rtt_blocks[impl]]
     figures.update(bench.ratios(results))
+    if interleave:  # the round-trip ratios: medians of the per-cycle ratios
+        rtt_ratios = bench.ratios(rtt_blocks)
+        figures.update({k: v for k, v in rtt_ratios.items() if "_rtt_" in k})
+    figures["rtt_interleaved"] = interleave
     figures["targets"] = {name: f"{op} {bound}" for name, (op, bound) in bench.targets.items()}
     figures["targets_met"] = check_targets(figures, bench.targets, bench.target_suffixes)
     figures["params"] = params

@@ -59,6 +59,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "rtt_size": 64,
     "rtt_samples": 5_000,
     "rtt_warmup": 500,
+    "rtt_blocks": 10,
+    "rtt_block_warmup": 20,
     "large_size": 65_536,
     "large_count": 3_000,
     "large_warmup": 300,
@@ -72,6 +74,8 @@ QUICK_PARAMS: dict[str, Any] = {
     "pb_warmup": 100,
     "rtt_samples": 200,
     "rtt_warmup": 50,
+    "rtt_blocks": 2,
+    "rtt_block_warmup": 5,
     "large_count": 100,
     "large_warmup": 10,
 }
@@ -250,13 +254,7 @@ def _raw_amp() -> tuple[common.ServerMain, common.ClientMain]:
                 answer = await proto.callRemote(Echo, data=data)
                 if answer["data"] != data:
                     raise RuntimeError("echo returned something else")
-                result.update(
-                    await measure_rtt(
-                        lambda: proto.callRemote(Echo, data=data),
-                        params["rtt_samples"],
-                        params["rtt_warmup"],
-                    )
-                )
+                result.update(await measure_rtt(lambda: proto.callRemote(Echo, data=data), params))
             if "large" in tests:
                 n, size = params["large_count"], params["large_size"]
                 run = await sink.run(n, params["large_warmup"], start("large", n, size))
@@ -352,13 +350,7 @@ def _pb() -> tuple[common.ServerMain, common.ClientMain]:
                 body = {"data": text(params["rtt_size"])}
                 if await worker.callRemote("echo", body) != body:
                     raise RuntimeError("echo returned something else")
-                result.update(
-                    await measure_rtt(
-                        lambda: worker.callRemote("echo", body),
-                        params["rtt_samples"],
-                        params["rtt_warmup"],
-                    )
-                )
+                result.update(await measure_rtt(lambda: worker.callRemote("echo", body), params))
             result["strays"] = sink.strays
             worker.broker.transport.loseConnection()
         finally:

@@ -59,6 +59,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "rtt_size": 64,
     "rtt_samples": 3_000,
     "rtt_warmup": 300,
+    "rtt_blocks": 10,
+    "rtt_block_warmup": 20,
     "large_size": 65_536,
     "large_count": 1_500,
     "large_warmup": 150,
@@ -71,6 +73,8 @@ QUICK_PARAMS: dict[str, Any] = {
     "small_warmup": 300,
     "rtt_samples": 100,
     "rtt_warmup": 20,
+    "rtt_blocks": 2,
+    "rtt_block_warmup": 5,
     "large_count": 60,
     "large_warmup": 6,
 }

@@ -69,6 +69,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "rtt_size": 64,
     "rtt_samples": 5_000,
     "rtt_warmup": 500,
+    "rtt_blocks": 10,
+    "rtt_block_warmup": 20,
     "large_size": 65_536,
     "large_count": 3_000,
     "large_warmup": 300,
@@ -80,6 +82,8 @@ QUICK_PARAMS: dict[str, Any] = {
     "small_warmup": 500,
     "rtt_samples": 200,
     "rtt_warmup": 50,
+    "rtt_blocks": 2,
+    "rtt_block_warmup": 5,
     "large_count": 100,
     "large_warmup": 10,
 }

@@ -86,6 +86,8 @@ def test_one_json_line_with_every_implementation(report: dict[str, Any]) -> None
         for key in ("msgs_per_s", "rtt_p50_us", "rtt_p99_us"):
             assert isinstance(figures[key], int | float) and figures[key] > 0, (impl, key)
         assert figures["rtt_p50_us"] <= figures["rtt_p99_us"]
+        assert len(figures["rtt_p50_us_blocks"]) == report["params"]["rtt_blocks"], impl
+    assert report["rtt_interleaved"] is True
     for impl in ("wiremsg_json", "wiremsg_msgpack", "raw_amp"):
         assert report[impl]["large_mb_per_s"] > 0
     assert report["wiremsg_json"]["codec"] == "json"
@@ -142,6 +144,9 @@ def test_zmq_one_json_line_with_every_implementation(zmq_report: dict[str, Any])
             assert isinstance(figures[key], int | float) and figures[key] > 0, (impl, key)
         assert figures["rtt_p50_us"] <= figures["rtt_p99_us"]
         assert figures["strays"] == 0, impl
+        blocks = figures["rtt_p50_us_blocks"]  # round trips measured in interleaved blocks
+        assert len(blocks) == zmq_report["params"]["rtt_blocks"] and min(blocks) > 0, impl
+    assert zmq_report["rtt_interleaved"] is True
     assert zmq_report["wiremsg_json"]["codec"] == "json"
     assert zmq_report["wiremsg_msgpack"]["codec"] == "msgpack"
     assert zmq_report["wiremsg_json"]["small_msgs_per_batch"] >= 1
