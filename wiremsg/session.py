@@ -653,7 +653,7 @@ class Session:
         if seq - self._acked_in >= self.ack_every or self._unacked_in_bytes >= self.ack_bytes:
             self._emit_data({"type": "ack", "ack": seq})
         elif self._ack_due is None:
-            self._ack_due = self._clock() + self.ack_delay
+            self._ack_due = self._last_rx + self.ack_delay  # frame_received just set it
         msg = Message.trusted(frame["kind"], frame["body"], frame["id"], frame.get("reply_to"))
         if msg.reply_to is None:
             self.events_out.append(MessageReceived(msg, frame.get("request", False)))

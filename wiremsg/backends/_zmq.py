@@ -233,7 +233,7 @@ class _Conn:
                         link._flush()
                     continue
                 self.stale = False
-                events = cast(int, sock.get(_EVENTS))
+                events: int = sock.get(_EVENTS)  # type: ignore[assignment]
                 if self.blocked and events & _POLLOUT and self._unblock():
                     continue
                 if self.paused or not events & _POLLIN:

@@ -181,11 +181,12 @@ class BatchLink(BaseLink):
     def push(self) -> None:
         """Hand the open batch to the transport now (see :meth:`Link.push`): a request or a
         reply need not wait for the turn to unwind. The flush at the end of the turn still
-        runs (it re-reads the transport's state after this send)."""
+        runs (it re-reads the transport's state after this send): an open batch means a
+        :meth:`_transmit` since the last flush, which scheduled it."""
         if self.flush_full_batches and self._batch_bytes and self._doom is None:
             self._seal()
-            self._flush()
-            self._mark_dirty()
+            if not self._released:
+                self._hand_out()
 
     def _mark_dirty(self) -> None:
         if not self._dirty:
