@@ -55,7 +55,16 @@ class _Receiver:
         """Feed each frame to the current driver's session and act on what it produced at
         once, as for single frames; drain waiters and the timer are seen to once per batch
         (and per driver: a resume mid-batch hands the link, and the rest, to another one)."""
-        driver: SessionDriver | None = None
+        if len(frames) == 1:  # the usual batch of a request or a reply
+            driver = self.driver
+            if driver is not None and driver._receiver is self:
+                try:
+                    driver.session.frame_received(frames[0])
+                    driver._pump()
+                finally:
+                    driver.flush()
+            return
+        driver = None
         try:
             for frame in frames:
                 current = self.driver
@@ -172,9 +181,12 @@ class SessionDriver:
 
         d: Deferred[Message] = Deferred(cancel)
         self._waiting[msg.id] = d
+        if timeout is None:  # no new deadline, and nothing to drain: the fast path
+            self.write(push=True)  # someone waits for the answer: do not wait for the turn
+            return d
         self.flush()
         if self.link is not None:
-            self.link.push()  # someone waits for the answer: do not wait for the turn's end
+            self.link.push()
         return d
 
     # -- output ---------------------------------------------------------------------------

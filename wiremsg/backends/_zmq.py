@@ -130,6 +130,9 @@ _ZAP = "inproc://zeromq.zap.01"
 _EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
 _POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 _NOBLOCK, _NOBLOCK_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+# The Cython send, without pyzmq's Python wrapper (which only adds routing_id/group options
+# this backend never uses): it is on the path of every message.
+_send: Callable[..., Any] = zmq.backend.Socket.send
 
 
 def _event_text(event: int, value: int) -> str:
@@ -193,6 +196,7 @@ class _Conn:
         # True from a _mark() (a send, or more to read) until pump() next reads EVENTS:
         # _run_dirty skips a conn whose EVENTS were read after its last send.
         self.stale = True
+        self.pumping = 0  # pump() frames on the stack: such a pump flushes before it returns
         self._retry: Any = None
 
     def start(self, events: int, hook: Callable[[zmq.Socket[bytes]], object]) -> None:
@@ -209,7 +213,7 @@ class _Conn:
 
     def send_to(self, ident: bytes | None, msg: bytes) -> None:
         """Send one message without blocking (raises ``zmq.Again`` at the high-water mark)."""
-        self.sock.send(msg, _NOBLOCK, copy=len(msg) < _COPY_BELOW)
+        _send(self.sock, msg, _NOBLOCK, len(msg) < _COPY_BELOW)
 
     def try_send(self, ident: bytes | None, msg: bytes) -> bool:
         """Send a control message, best effort; the socket is pumped afterwards."""
@@ -225,6 +229,7 @@ class _Conn:
     def pump(self) -> None:
         """Send what waits, read what arrived; loop while ``EVENTS`` says there is more."""
         budget, sock = READ_BUDGET, self.sock
+        self.pumping += 1
         try:
             while not self.closed:
                 if self.dirty:
@@ -247,6 +252,8 @@ class _Conn:
                 _log.failure("ZeroMQ socket for {address} failed", address=self.address.redacted())
                 self.fail_all(f"ZeroMQ error: {exc}")
             return
+        finally:
+            self.pumping -= 1
         if self.blocked and not self.closed:
             if self._retry is None:
                 self._retry = self.reactor.callLater(RETRY_INTERVAL, self._retried)
@@ -355,7 +362,8 @@ class ZMQLink(BatchLink):
     def _schedule_flush(self) -> None:
         conn = self._conn  # flush this link in the conn's next pump
         conn.dirty.append(self)
-        conn.backend._mark(conn)
+        if not conn.pumping:  # else the pump on the stack flushes it, then reads EVENTS
+            conn.backend._mark(conn)
 
     def _hand_out(self) -> None:
         """Hand queued messages to ZeroMQ until it takes no more."""
@@ -451,8 +459,8 @@ class _RouterConn(_Conn):
         """Send to one identity (EHOSTUNREACH if it is gone, thanks to ROUTER_MANDATORY)."""
         assert ident is not None
         sock = self.sock
-        sock.send(ident, _NOBLOCK_MORE)
-        sock.send(msg, _NOBLOCK, copy=len(msg) < _COPY_BELOW)
+        _send(sock, ident, _NOBLOCK_MORE)
+        _send(sock, msg, _NOBLOCK, len(msg) < _COPY_BELOW)
 
     def _read(self, budget: int) -> int:
         sock, links, n = self.sock, self.links, 0
