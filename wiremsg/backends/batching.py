@@ -122,8 +122,8 @@ class BatchLink(BaseLink):
 
     @abstractmethod
     def _hand_out(self) -> None:
-        """Give the messages in ``_backlog`` to the transport, as many as it takes now (pop
-        each one taken and subtract its length from ``_queued``)."""
+        """Give the messages in ``_backlog`` (never empty here) to the transport, as many as
+        it takes now (pop each one taken and subtract its length from ``_queued``)."""
 
     @abstractmethod
     def _send_control(self, message: bytes) -> None:
@@ -208,7 +208,8 @@ class BatchLink(BaseLink):
             return
         if self._batch_bytes:
             self._seal()
-        self._hand_out()
+        if self._backlog:  # often empty: a push() sent the turn's batch already
+            self._hand_out()
 
     def _fail(self, reason: CloseReason) -> None:
         """End the link with ``reason`` at the next flush (never inside ``send``)."""
