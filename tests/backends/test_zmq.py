@@ -235,6 +235,34 @@ async def test_hwm_with_a_stalled_peer_queues_boundedly_and_loses_nothing(
 
 
 @async_test
+async def test_pushed_frames_at_the_high_water_mark_wait_in_order(
+    reactor: Any, address: str
+) -> None:
+    """push() sends a lone batch straight to ZeroMQ; at the high-water mark (zmq.Again) it
+    falls back to the backlog, and later pushes queue behind it: nothing lost or reordered."""
+    harness = LinkHarness(ZMQBackend(reactor), reactor, timeout=20.0)
+    try:
+        server = await harness.listen(f"{address}?sndhwm=2&rcvhwm=2")
+        p = await harness.pair(server)
+        sender, staller = cast(ZMQLink, p.client), cast(ZMQLink, p.server)
+        staller.pause_reading()
+        frames = [bytes([i % 256]) * (BATCH_BYTES // 2) for i in range(400)]
+        for frame in frames:  # one batch each, pushed at once, as requests are
+            sender.send(frame)
+            sender.push()
+        assert sender._conn.blocked, "the high-water mark was reached"
+        assert sender._backlog and sender._queued > 0
+        staller.resume_reading()
+        got = await p.server_rx.wait_frames(len(frames))
+        assert got == frames
+        await _until(reactor, "the backlog to drain", lambda: not sender._queued)
+        assert not sender._backlog and sender not in sender._conn.blocked
+        assert not p.client_rx.closes and not p.server_rx.closes
+    finally:
+        await harness.aclose()
+
+
+@async_test
 async def test_queue_overflow_closes_the_link_with_a_reason(reactor: Any, address: str) -> None:
     harness = LinkHarness(ZMQBackend(reactor, max_queue=20 << 20), reactor, timeout=10.0)
     try:

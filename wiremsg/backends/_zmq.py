@@ -383,6 +383,21 @@ class ZMQLink(BatchLink):
         conn.blocked.pop(self, None)
         self._bye_sent = self._bye
 
+    def push(self) -> None:
+        """Send the open batch now. With nothing queued before it (the usual request or
+        reply) it goes straight to ZeroMQ, without the backlog; the flush scheduled when
+        its first frame was written still runs, and re-reads ``EVENTS`` after this send."""
+        if self._backlog or not self._batch_bytes or self._doom is not None or self._released:
+            super().push()
+            return
+        try:
+            self._conn.send_to(self._ident, b"".join(self._batch))
+        except zmq.ZMQError:  # Again at the high-water mark, or worse: the backlog's way
+            super().push()
+            return
+        self._queued -= self._batch_bytes
+        self._batch, self._batch_bytes = [b"D"], 0
+
     def _send_control(self, message: bytes) -> None:
         self._conn.try_send(self._ident, message)
 
