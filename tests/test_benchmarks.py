@@ -226,3 +226,32 @@ def test_amqp_context_is_recorded_and_the_broker_is_left_clean(
     from tests.broker import queue_exists
 
     assert not queue_exists(f"{amqp_report['params']['prefix']}.masters")
+
+
+# -- benchmarks/rtt_cost.py ----------------------------------------------------------------
+
+
+def _rtt_cost(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "rtt_cost.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_rtt_cost_times_round_trips_in_one_process() -> None:
+    out = _rtt_cost("memory", "--count", "50", "--warmup", "10")
+    assert out.endswith(" us per round trip (both sides, one process)\n"), out
+    assert float(out.split()[0]) > 0
+
+
+def test_rtt_cost_counts_bytecodes_per_round_trip() -> None:
+    out = _rtt_cost("zmq", "--opcodes", "--count", "20", "--warmup", "5")
+    first, *rest = out.splitlines()
+    assert first.startswith("bytecodes per round trip: ")
+    assert int(first.rsplit(" ", 1)[1]) > 500
+    assert any(line.split()[-1] == "wiremsg/session.py" for line in rest), out

@@ -32,6 +32,13 @@ end of the current read or on the next turn). ``LINGER`` is 0, or CLOSE_LINGER_M
 ``A``/``X`` must get out; ``removeReader`` comes before ``close``. One Context per backend,
 made on demand and terminated when its last socket closes (its sockets never linger longer).
 
+Cost per message. Reading ``EVENTS`` is the dearest step of a round trip: libzmq makes a
+``poll`` and a ``getpid`` system call for it, and pyzmq builds an enum for the option. A conn
+therefore reads it once per wake-up and once after its last send, no more: a conn pumped since
+its last send is not pumped again at the end of the read (``stale``), and a link written to
+while its conn's pump is on the stack is flushed by that pump. A request or a reply is sent at
+once (:meth:`ZMQLink.push`), straight to ZeroMQ when nothing waits before it.
+
 No silent loss. ``ROUTER_MANDATORY`` is on. A send that meets a full high-water mark (EAGAIN)
 leaves the message at the head of the link's queue, retried when ``EVENTS`` shows ``POLLOUT``
 (and every RETRY_INTERVAL while blocked). The queue is bounded (``max_queue`` bytes): beyond it
