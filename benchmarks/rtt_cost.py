@@ -1,8 +1,9 @@
 """What one request/reply round trip costs wiremsg, counted deterministically.
 
 A master and a worker run in one process, on one reactor, over a real backend (``zmq``,
-``amp`` or ``memory``); the master sends ``echo`` requests one at a time. Wall-clock figures
-from here mix both sides and the backend's own threads, so this script is for *counting*:
+``amp``, ``amqp`` through the local RabbitMQ, or ``memory``); the master sends ``echo``
+requests one at a time. Wall-clock figures from here mix both sides and the backend's own
+threads (and the broker), so this script is for *counting*:
 
 ``--opcodes``
     Python bytecodes executed per round trip, per file and per function (``sys.settrace``
@@ -40,6 +41,10 @@ def _addresses(backend: str) -> tuple[str, str | None]:
     """(listen address, connect address or None to use the listener's port)."""
     if backend == "memory":
         return "memory://rtt-cost", "memory://rtt-cost"
+    if backend == "amqp":  # the broker of the AMQP tests and benchmark
+        broker = os.environ.get("WIREMSG_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+        address = f"{broker}?prefix=wiremsg-rtt-cost-{os.getpid()}"
+        return address, address
     return f"{backend}://127.0.0.1:0", None
 
 
@@ -113,7 +118,8 @@ async def _run(reactor: Any, args: argparse.Namespace, counter: OpcodeCounter | 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("backend", nargs="?", default="zmq", choices=("zmq", "amp", "memory"))
+    backends = ("zmq", "amp", "amqp", "memory")
+    parser.add_argument("backend", nargs="?", default="zmq", choices=backends)
     parser.add_argument("--codec", default="json", choices=("json", "msgpack"))
     parser.add_argument("--count", type=int, default=2000, help="round trips counted")
     parser.add_argument("--warmup", type=int, default=200, help="round trips before counting")
