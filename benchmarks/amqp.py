@@ -367,7 +367,7 @@ def _blocking_parameters() -> Any:
     )
 
 
-def _forget_prefix(prefix: str) -> None:
+def forget_prefix(prefix: str) -> None:
     """Delete what this run's prefix left on the broker (wiremsg's exchange and queue)."""
     import pika
 
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return common.main(BENCH, argv)
     finally:
         if "--role" not in (sys.argv[1:] if argv is None else argv):
-            _forget_prefix(DEFAULT_PARAMS["prefix"])
+            forget_prefix(DEFAULT_PARAMS["prefix"])
 
 
 if __name__ == "__main__":

@@ -116,6 +116,17 @@ async def _run(reactor: Any, args: argparse.Namespace, counter: OpcodeCounter | 
         await master.stop()
 
 
+def _forget_amqp_prefix(address: str) -> None:
+    """Delete the exchange and queue the run's prefix left on the broker (as amqp.py does)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("wiremsg_bench_amqp", f"{_HERE}/amqp.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.forget_prefix(address.rpartition("prefix=")[2])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     backends = ("zmq", "amp", "amqp", "memory")
@@ -145,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     reactor.callWhenRunning(start)
     reactor.run()
     sys.settrace(None)
+    if args.backend == "amqp":
+        _forget_amqp_prefix(_addresses("amqp")[0])
     if outcome:
         outcome[0].printTraceback()
         return 1
