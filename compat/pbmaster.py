@@ -108,6 +108,7 @@ __all__ = [
     "WORKER_LOST",
     "LegacyWorker",
     "PBBridge",
+    "RefusedLogin",
 ]
 
 log = Logger()
@@ -134,6 +135,13 @@ def _secret(entry: Any) -> str | bytes | None:
     return value if isinstance(value, str | bytes) and value else None
 
 
+class RefusedLogin(UnauthorizedLogin, pb.Error):
+    """A refused PB login. Also a ``pb.Error``: PB sends it to the worker as an error instead
+    of logging it as an unhandled traceback, so a stranger knocking cannot fill the log; the
+    bridge logs one line per refusal itself. Buildbot's worker still sees ``UnauthorizedLogin``
+    (a copied failure keeps its parents' names)."""
+
+
 @implementer(ICredentialsChecker)
 class _Secrets:
     """Checks PB logins (MD5 challenge/response) against the workers' secrets."""
@@ -148,11 +156,16 @@ class _Secrets:
         name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         secret = self._secrets.get(name)
         if secret is None:
-            return fail(UnauthorizedLogin(f"unknown worker {name!r}"))
+            return self._refuse(f"unknown worker {name[:64]!r}")
         data = secret.encode() if isinstance(secret, str) else secret
         if not credentials.checkPassword(data):
-            return fail(UnauthorizedLogin(f"wrong secret for worker {name!r}"))
+            return self._refuse(f"wrong secret for worker {name!r}")
         return succeed(name)
+
+    @staticmethod
+    def _refuse(why: str) -> Deferred[str]:
+        log.warn("refused a PB login: {why}", why=why)
+        return fail(RefusedLogin(why))
 
 
 @implementer(IRealm)

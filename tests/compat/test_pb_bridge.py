@@ -139,3 +139,41 @@ async def test_keepalive_print_and_shutdown(rig: Rig) -> None:
     await bounded(lost, rig.reactor, WAIT, "the worker to leave")
     assert legacy.popen is not None and legacy.popen.wait(timeout=WAIT) == 0
     assert "message from master: hello from wiremsg" in legacy.log()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_login_is_one_log_line_not_a_traceback(reactor: Any) -> None:
+    """A wrong secret or an unknown name is refused as a PB error: the client is told
+    ``UnauthorizedLogin``; the master logs one line per refusal, never a traceback."""
+    from twisted.cred.credentials import UsernamePassword
+    from twisted.cred.error import UnauthorizedLogin
+    from twisted.logger import globalLogPublisher
+    from twisted.python.failure import Failure
+    from twisted.spread import pb
+
+    master = Master({"legacy1": SECRET}, reactor=reactor)
+    bridge = PBBridge(master, {"legacy1": SECRET}, reactor)
+    port = await bridge.listen("tcp:0:interface=127.0.0.1")
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for name, secret in ((b"legacy1", b"wrong"), (b"nobody", SECRET.encode())):
+            factory = pb.PBClientFactory()
+            connector = reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+            try:
+                login = factory.login(UsernamePassword(name, secret), client=pb.Referenceable())
+                outcome = await bounded(login.addBoth(lambda r: [r]), reactor, WAIT, "login")
+                assert isinstance(outcome[0], Failure), outcome
+                assert outcome[0].check(UnauthorizedLogin), outcome[0]
+            finally:
+                connector.disconnect()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await bridge.stop()
+        await master.stop()
+    from twisted.logger import formatEvent
+
+    texts = [formatEvent(e) for e in events]
+    assert not [e for e in events if e.get("isError") or e.get("log_failure")], texts
+    refused = [t for t in texts if "refused a PB login" in t]
+    assert len(refused) == 2 and "legacy1" in refused[0] and "nobody" in refused[1], texts
