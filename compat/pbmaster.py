@@ -104,6 +104,8 @@ __all__ = [
     "BUILDERS",
     "CALL_TIMEOUT",
     "KEEPALIVE",
+    "LOGIN_TIMEOUT",
+    "MAX_PENDING",
     "PING_TIMEOUT",
     "WORKER_LOST",
     "LegacyWorker",
@@ -128,6 +130,12 @@ WORKER_LOST = "worker_lost"
 """``complete.failure.code`` of a command whose legacy worker's connection dropped."""
 BUSY = "busy"
 """Error code: every builder of the legacy worker is running a command."""
+MAX_PENDING = 64
+"""PB connections that may be open at once without a completed login; more are closed at
+once (as the native master bounds handshakes)."""
+LOGIN_TIMEOUT = 120.0
+"""Seconds a PB connection may stay open without completing its login (Buildbot's attach
+sequence included)."""
 
 
 def _secret(entry: Any) -> str | bytes | None:
@@ -490,6 +498,50 @@ class LegacyWorker(pb.Avatar):
         return {}
 
 
+class _Factory(pb.PBServerFactory):
+    """PB's server factory, bounding the connections whose login is not complete: beyond
+    ``max_pending`` a new connection is closed at once, and each is closed if its login does
+    not complete within ``login_timeout`` seconds."""
+
+    def __init__(
+        self, portal: Portal, reactor: Any, max_pending: int, login_timeout: float
+    ) -> None:
+        super().__init__(portal, unsafeTracebacks=False, security=PB_SECURITY)
+        self.reactor, self.max_pending, self.login_timeout = reactor, max_pending, login_timeout
+        self.pending: dict[pb.Broker, Any] = {}  # broker -> its login timer
+        self._refusing = False
+
+    def buildProtocol(self, addr: Any) -> pb.Broker | None:
+        if len(self.pending) >= self.max_pending:
+            if not self._refusing:  # one line per burst, not one per connection
+                log.warn(
+                    "closing PB connections: {n} logins in progress already (from {addr})",
+                    n=len(self.pending),
+                    addr=addr,
+                )
+            self._refusing = True
+            return None
+        self._refusing = False
+        broker: pb.Broker = super().buildProtocol(addr)
+        timer = self.reactor.callLater(self.login_timeout, self._timed_out, broker)
+        self.pending[broker] = timer
+        broker.notifyOnDisconnect(lambda: self.logged_in(broker))
+        return broker
+
+    def logged_in(self, broker: Any) -> None:
+        """``broker``'s login completed (or its connection is gone): it no longer counts."""
+        timer = self.pending.pop(broker, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timed_out(self, broker: pb.Broker) -> None:
+        if self.pending.pop(broker, None) is not None:
+            log.warn("closing a PB connection: no login within {t:g}s", t=self.login_timeout)
+            transport: Any = broker.transport
+            if transport is not None:
+                transport.loseConnection()
+
+
 class PBBridge:
     """Serves Buildbot's PB worker protocol for ``master``.
 
@@ -498,6 +550,8 @@ class PBBridge:
     :param reactor: the reactor (the master's by default).
     :param builders: builders per legacy worker (commands at once).
     :param keepalive: seconds between the bridge's keepalive pings.
+    :param max_pending: connections allowed at once without a completed login.
+    :param login_timeout: seconds a connection may take to complete its login.
     """
 
     def __init__(
@@ -508,6 +562,8 @@ class PBBridge:
         *,
         builders: int = BUILDERS,
         keepalive: float = KEEPALIVE,
+        max_pending: int = MAX_PENDING,
+        login_timeout: float = LOGIN_TIMEOUT,
     ) -> None:
         self.master = master
         self.workers = dict(workers)
@@ -517,10 +573,11 @@ class PBBridge:
         self.legacy: dict[str, LegacyWorker] = {}
         """The logged-in legacy workers by name."""
         self._ports: list[Any] = []
-        self._factory = pb.PBServerFactory(
+        self._factory = _Factory(
             Portal(_Realm(self), [_Secrets(self.workers)]),  # type: ignore[arg-type, list-item]
-            unsafeTracebacks=False,
-            security=PB_SECURITY,
+            self.reactor,
+            max_pending,
+            login_timeout,
         )
 
     async def listen(self, endpoint: str) -> Any:
@@ -555,6 +612,7 @@ class PBBridge:
             log.warn("legacy worker {name} could not attach: {why}", name=name, why=describe(exc))
             await legacy.close("its login failed")
             raise pb.Error(f"attach failed: {describe(exc)}") from None
+        self._factory.logged_in(getattr(mind, "broker", None))
         log.info("legacy worker {name} attached from {a}", name=name, a=legacy.address)
         return pb.IPerspective, legacy, legacy.detached
 

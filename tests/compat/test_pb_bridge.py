@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from wiremsg.compat.pbmaster import BUILDDIR, PBBridge
 
@@ -128,6 +130,8 @@ async def test_duplicate_connection_is_refused_while_the_first_answers(rig: Rig)
 async def test_keepalive_print_and_shutdown(rig: Rig) -> None:
     legacy = rig.worker(keepalive=1)
     peer = await rig.peer()
+    pending = rig.bridge._factory.pending  # the peer attaches before the login returns
+    await _until(rig.reactor, "the completed login not to count", lambda: not pending)
     for _ in range(int(WAIT / 0.2)):  # the worker's own keepalive, every second here
         if rig.bridge.legacy["legacy1"].last_keepalive is not None:
             break
@@ -177,3 +181,72 @@ async def test_a_refused_login_is_one_log_line_not_a_traceback(reactor: Any) -> 
     assert not [e for e in events if e.get("isError") or e.get("log_failure")], texts
     refused = [t for t in texts if "refused a PB login" in t]
     assert len(refused) == 2 and "legacy1" in refused[0] and "nobody" in refused[1], texts
+
+
+class _Knock(Protocol):
+    """A TCP client that connects to the PB port and never logs in."""
+
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+async def _knock(reactor: Any, port: int) -> _Knock:
+    knock = _Knock()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    await bounded(connectProtocol(endpoint, knock), reactor, WAIT, "connect")
+    return knock
+
+
+async def _until(reactor: Any, what: str, check: Any) -> None:
+    for _ in range(int(WAIT / 0.01)):
+        if check():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_without_a_login_are_bounded_in_number_and_time(
+    reactor: Any,
+) -> None:
+    """Beyond max_pending connections without a completed login, a new one is closed at
+    once (one warning per burst); a connection that does not log in within login_timeout
+    is closed."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    master = Master({"legacy1": SECRET}, reactor=reactor)
+    bridge = PBBridge(master, {"legacy1": SECRET}, reactor, max_pending=2, login_timeout=1.0)
+    port = (await bridge.listen("tcp:0:interface=127.0.0.1")).getHost().port
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    knocks: list[_Knock] = []
+    try:
+        pending = bridge._factory.pending
+        knocks += [await _knock(reactor, port), await _knock(reactor, port)]
+        await _until(reactor, "two pending connections", lambda: len(pending) == 2)
+        extra = [await _knock(reactor, port), await _knock(reactor, port)]
+        for knock in extra:
+            await bounded(knock.lost, reactor, WAIT, "the refused connection to close")
+        assert not any(k.lost.called for k in knocks)
+        knocks[0].transport.loseConnection()  # type: ignore[union-attr]
+        await _until(reactor, "a slot to free", lambda: len(pending) == 1)
+        knocks.append(await _knock(reactor, port))
+        await _until(reactor, "the slot to be taken", lambda: len(pending) == 2)
+        assert not knocks[2].lost.called
+        started = reactor.seconds()
+        for knock in (knocks[1], knocks[2]):  # nobody logs in: the login timeout closes them
+            await bounded(knock.lost, reactor, WAIT, "the login timeout")
+        assert reactor.seconds() - started < 5 and not pending
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        for knock in knocks:
+            if not knock.lost.called and knock.transport is not None:
+                knock.transport.loseConnection()
+        await bridge.stop()
+        await master.stop()
+    texts = [formatEvent(e) for e in events]
+    assert sum("logins in progress already" in t for t in texts) == 1, texts
+    assert sum("no login within 1s" in t for t in texts) == 2, texts
