@@ -1011,7 +1011,8 @@ class Benchmark:
 
 
 def orchestrate(bench: Benchmark, args: argparse.Namespace) -> int:
-    """Run every implementation ``rounds`` times in rotating order and emit the one JSON line."""
+    """Run the one-way tests of every implementation ``rounds`` times in rotating order, the
+    round trips interleaved (:func:`run_interleaved_rtt`), and emit the one JSON line."""
     started = time.monotonic()
     params = dict(bench.quick_params if args.quick else bench.default_params)
     if args.tests:

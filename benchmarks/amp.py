@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/amp.py            # default size: 3 rounds, about a minute
+    .venv/bin/python benchmarks/amp.py            # default size: 3 rounds, about 30 s
     .venv/bin/python benchmarks/amp.py --quick    # a few seconds (the smoke test uses it)
     .venv/bin/python benchmarks/amp.py --only wiremsg_json --tests small --profile-dir /tmp/p
 
@@ -27,9 +27,11 @@ Tests (the master is always the one measuring; see benchmarks/README.md for the 
 ``large``  65,536-byte messages worker→master, one-way; MB/s of payload (10**6 bytes/s).
            Not run for PB.
 
-The implementations run ``rounds`` times in rotating order; each figure is the median over
-rounds and each ratio the median of the per-round ratios. Stdout gets exactly one line of
-JSON; progress goes to stderr.
+The one-way tests run ``rounds`` times per implementation in rotating order; each figure is
+the median over rounds and each ratio the median of the per-round ratios. Round trips are
+measured interleaved: every pair runs at once and takes turns, one block per implementation
+per cycle, and the ratios are the medians of the per-cycle ratios (see ``_common``). Stdout
+gets exactly one line of JSON; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -392,7 +394,8 @@ def _implementations() -> tuple[dict[str, common.ServerMain], dict[str, common.C
 
 
 def ratios(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The ratios the targets are about, each the median of the per-round ratios."""
+    """The ratios the targets are about, each the median of the per-round (or, for round
+    trips, per-cycle) ratios."""
     out: dict[str, Any] = {}
 
     def ratio(num: str, den: str, key: str) -> float | None:

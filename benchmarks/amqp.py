@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/amqp.py            # default size: 3 rounds, about a minute
+    .venv/bin/python benchmarks/amqp.py            # default size: 3 rounds, about 30 s
     .venv/bin/python benchmarks/amqp.py --quick    # a few seconds (the smoke test uses it)
     .venv/bin/python benchmarks/amqp.py --only wiremsg_json,raw_pika --tests small
 
@@ -316,7 +316,8 @@ def _implementations() -> tuple[dict[str, common.ServerMain], dict[str, common.C
 
 
 def ratios(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The ratios the targets are about, each the median of the per-round ratios."""
+    """The ratios the targets are about, each the median of the per-round (or, for round
+    trips, per-cycle) ratios."""
     out: dict[str, Any] = {}
     for codec in ("json", "msgpack"):
         impl = f"wiremsg_{codec}"
