@@ -121,6 +121,27 @@ class _End:
         """``link`` ended (see :class:`~._link.Carrier`)."""
         raise NotImplementedError
 
+    def _on_message(self, link_id: str, reply_to: str, body: bytes, redelivered: bool) -> None:
+        """A message on this end's own queue."""
+        raise NotImplementedError
+
+    def _consumer_ended(self, why: str) -> None:
+        """A consumer of this end stopped (cancelled, or its channel or connection closed)."""
+        raise NotImplementedError
+
+    async def _consume_own(self, channel: BrokerChannel, role: str) -> None:
+        """Declare this end's own queue (exclusive and auto-deleted: it vanishes with the
+        connection, so a vanished peer is a returned message) and consume it."""
+        own = self.own_queue = _own_queue(self.prefix, role)
+        await channel.declare(own, exclusive=True, auto_delete=True, bind=own)
+        await channel.consume(
+            own,
+            self.prefetch,
+            self._on_message,
+            self._consumer_ended,
+            on_drained=self._flush_dirty,
+        )
+
     def _new_link(self, link_id: str, peer_queue: str) -> AMQPLink:
         backend = self.backend
         link = AMQPLink(
@@ -171,18 +192,10 @@ class MasterEnd(_End):
             self._opening = None
         try:
             channel = await conn.channel()
-            own = _own_queue(self.prefix, "master")
             hellos = first_contact_queue(self.prefix)
             await channel.declare(hellos, durable=True, bind=HELLO_KEY)
-            await channel.declare(own, exclusive=True, auto_delete=True, bind=own)
-            self.conn, self.channel, self.own_queue = conn, channel, own
-            await channel.consume(
-                own,
-                self.prefetch,
-                self._on_message,
-                self._consumer_ended,
-                on_drained=self._flush_dirty,
-            )
+            self.conn, self.channel = conn, channel  # deliveries may come once it consumes
+            await self._consume_own(channel, "master")
             if self.listening:
                 self._hello_tag = await channel.consume(
                     hellos, HELLO_PREFETCH, self._on_hello, self._consumer_ended, prompt_acks=True
@@ -391,15 +404,7 @@ class WorkerEnd(_End):
         if not masters:
             what = "has ever listened" if masters is None else "is listening"
             raise ConnectFailed(f"no master {what} with prefix {self.prefix!r} on {opts.broker}")
-        own = self.own_queue = _own_queue(self.prefix, "worker")
-        await channel.declare(own, exclusive=True, auto_delete=True, bind=own)
-        await channel.consume(
-            own,
-            self.prefetch,
-            self._on_message,
-            self._consumer_ended,
-            on_drained=self._flush_dirty,
-        )
+        await self._consume_own(channel, "worker")
         self.channel = channel
         expiry = max(1, int(self.timeout * 1000))
         try:
