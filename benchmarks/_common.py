@@ -777,6 +777,33 @@ def median_ratio(
     return round(median(a / b for a, b in pairs), 3) if pairs else None
 
 
+RATIO_FIGURES = (
+    ("msgs", "msgs_per_s"),
+    ("rtt_p50", "rtt_p50_us"),
+    ("rtt_p99", "rtt_p99_us"),
+    ("large", "large_mb_per_s"),
+)
+"""(ratio name, figure) pairs that :func:`wiremsg_ratios` compares by default."""
+
+
+def wiremsg_ratios(
+    results: dict[str, list[dict[str, Any]]],
+    raw: str,
+    figures: Iterable[tuple[str, str]] = RATIO_FIGURES,
+) -> dict[str, float | None]:
+    """``ratio_<name>_vs_<raw>`` (JSON) and ``…_msgpack``: each wiremsg codec's figure over
+    implementation ``raw``'s, as :func:`median_ratio` computes it (per round, or per cycle
+    for the interleaved round trips)."""
+    figures = tuple(figures)
+    out: dict[str, float | None] = {}
+    for codec, suffix in (("json", ""), ("msgpack", "_msgpack")):
+        for name, key in figures:
+            out[f"ratio_{name}_vs_{raw}{suffix}"] = median_ratio(
+                results, f"wiremsg_{codec}", raw, key
+            )
+    return out
+
+
 def check_targets(
     figures: dict[str, Any], targets: dict[str, tuple[str, float]], suffixes: Iterable[str]
 ) -> dict[str, bool | None]:

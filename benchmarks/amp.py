@@ -394,21 +394,11 @@ def _implementations() -> tuple[dict[str, common.ServerMain], dict[str, common.C
 
 
 def ratios(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The ratios the targets are about, each the median of the per-round (or, for round
-    trips, per-cycle) ratios."""
-    out: dict[str, Any] = {}
-
-    def ratio(num: str, den: str, key: str) -> float | None:
-        return common.median_ratio(results, num, den, key)
-
-    for codec in ("json", "msgpack"):
-        impl = f"wiremsg_{codec}"
-        suffix = "" if codec == "json" else "_msgpack"
-        out[f"ratio_msgs_vs_raw_amp{suffix}"] = ratio(impl, "raw_amp", "msgs_per_s")
-        out[f"ratio_msgs_vs_pb{suffix}"] = ratio(impl, "pb", "msgs_per_s")
-        out[f"ratio_rtt_p50_vs_raw_amp{suffix}"] = ratio(impl, "raw_amp", "rtt_p50_us")
-        out[f"ratio_rtt_p50_vs_pb{suffix}"] = ratio(impl, "pb", "rtt_p50_us")
-        out[f"ratio_large_vs_raw_amp{suffix}"] = ratio(impl, "raw_amp", "large_mb_per_s")
+    """The ratios against raw AMP (one-way rates, RTT p50, large) and PB (rates, RTT p50)."""
+    out: dict[str, Any] = common.wiremsg_ratios(
+        results, "raw_amp", [f for f in common.RATIO_FIGURES if f[0] != "rtt_p99"]
+    )
+    out.update(common.wiremsg_ratios(results, "pb", common.RATIO_FIGURES[:2]))
     return out
 
 

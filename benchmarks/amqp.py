@@ -315,25 +315,6 @@ def _implementations() -> tuple[dict[str, common.ServerMain], dict[str, common.C
 # -- the orchestrator ------------------------------------------------------------------------
 
 
-def ratios(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The ratios the targets are about, each the median of the per-round (or, for round
-    trips, per-cycle) ratios."""
-    out: dict[str, Any] = {}
-    for codec in ("json", "msgpack"):
-        impl = f"wiremsg_{codec}"
-        suffix = "" if codec == "json" else "_msgpack"
-        for name, key in (
-            ("msgs", "msgs_per_s"),
-            ("rtt_p50", "rtt_p50_us"),
-            ("rtt_p99", "rtt_p99_us"),
-            ("large", "large_mb_per_s"),
-        ):
-            out[f"ratio_{name}_vs_raw_pika{suffix}"] = common.median_ratio(
-                results, impl, "raw_pika", key
-            )
-    return out
-
-
 def environment() -> dict[str, Any]:
     """The shared facts plus the pika version and the broker's (from its handshake)."""
     import pika
@@ -397,7 +378,7 @@ BENCH = common.Benchmark(
     pair_timeout=PAIR_TIMEOUT,
     quick_pair_timeout=QUICK_PAIR_TIMEOUT,
     targets=TARGETS,
-    ratios=ratios,
+    ratios=lambda results: common.wiremsg_ratios(results, "raw_pika"),
     implementations=_implementations,
     environment=environment,
 )
