@@ -641,6 +641,23 @@ class Sink:
         self.counter = None
         return {"rate": counter.rate(), "receiver_cpu": round(counter.cpu_utilisation(), 3)}
 
+    async def test(
+        self,
+        params: dict[str, Any],
+        test: str,
+        start: Callable[[str, int, int], Callable[[], Any]],
+    ) -> dict[str, Any]:
+        """Run the one-way test ``test`` (``small`` or ``large``) with its count, size and
+        warm-up from ``params``; ``start(test, count, size)`` gives what asks the sender to
+        begin. Returns its figures (:func:`one_way_figures`; ``msgs_per_s`` for ``small``)."""
+        n, size = params[f"{test}_count"], params[f"{test}_size"]
+        figures = one_way_figures(
+            test, await self.run(n, params[f"{test}_warmup"], start(test, n, size)), size
+        )
+        if test == "small":
+            figures["msgs_per_s"] = figures["small_msgs_per_s"]
+        return figures
+
 
 class Gate:
     """A gated child's turns: :meth:`wait` fires on the orchestrator's next ``go`` line on
@@ -871,19 +888,14 @@ async def raw_master_tests(
         return d
 
     if "small" in tests:
-        n, size = params["small_count"], params["small_size"]
-        run = await sink.run(n, params["small_warmup"], start("small", n, size))
-        result.update(one_way_figures("small", run, size))
-        result["msgs_per_s"] = result["small_msgs_per_s"]
+        result.update(await sink.test(params, "small", start))
     if "rtt" in tests:
         request = RAW_ECHO + text(params["rtt_size"]).encode("ascii")
         if await echo(request) != request:
             raise RuntimeError("echo returned something else")
         result.update(await measure_rtt(lambda: echo(request), params))
     if "large" in tests:
-        n, size = params["large_count"], params["large_size"]
-        run = await sink.run(n, params["large_warmup"], start("large", n, size))
-        result.update(one_way_figures("large", run, size))
+        result.update(await sink.test(params, "large", start))
     result["strays"] = sink.strays
     send(RAW_QUIT)
     bye.addTimeout(QUIET_TIMEOUT, reactor)
@@ -927,15 +939,16 @@ def wiremsg_server(scheme: str, codec: str, count_units: UnitCounter) -> ServerM
             if result["codec"] != codec:
                 raise RuntimeError(f"negotiated {result['codec']}, wanted {codec}")
             units = count_units(peer._driver.link)
+
+            def start(test: str, n: int, size: int) -> Callable[[], Any]:
+                return lambda: peer.send("bench", {"test": test, "count": n, "size": size})
+
             if "small" in tests:
                 before = units[1]() if units else 0
-                n, size = params["small_count"], params["small_size"]
-                spec = {"test": "small", "count": n, "size": size}
-                run = await sink.run(n, params["small_warmup"], lambda: peer.send("bench", spec))
-                result.update(one_way_figures("small", run, size))
-                result["msgs_per_s"] = result["small_msgs_per_s"]
+                result.update(await sink.test(params, "small", start))
                 if units is not None:
                     figure, count = units
+                    n = params["small_count"]
                     result[figure] = round(n / max(count() - before, 1), 1)
             if "rtt" in tests:
                 body = {"data": text(params["rtt_size"])}
@@ -944,10 +957,7 @@ def wiremsg_server(scheme: str, codec: str, count_units: UnitCounter) -> ServerM
                     raise RuntimeError("echo returned something else")
                 result.update(await measure_rtt(lambda: peer.request("echo", body), params))
             if "large" in tests:
-                n, size = params["large_count"], params["large_size"]
-                spec = {"test": "large", "count": n, "size": size}
-                run = await sink.run(n, params["large_warmup"], lambda: peer.send("bench", spec))
-                result.update(one_way_figures("large", run, size))
+                result.update(await sink.test(params, "large", start))
             result["strays"] = sink.strays
             lost = peer.when_lost()
             lost.addTimeout(QUIET_TIMEOUT, reactor)

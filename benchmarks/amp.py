@@ -247,10 +247,7 @@ def _raw_amp() -> tuple[common.ServerMain, common.ClientMain]:
                 return go
 
             if "small" in tests:
-                n, size = params["small_count"], params["small_size"]
-                run = await sink.run(n, params["small_warmup"], start("small", n, size))
-                result.update(one_way_figures("small", run, size))
-                result["msgs_per_s"] = result["small_msgs_per_s"]
+                result.update(await sink.test(params, "small", start))
             if "rtt" in tests:
                 data = text(params["rtt_size"]).encode("ascii")
                 answer = await proto.callRemote(Echo, data=data)
@@ -258,9 +255,7 @@ def _raw_amp() -> tuple[common.ServerMain, common.ClientMain]:
                     raise RuntimeError("echo returned something else")
                 result.update(await measure_rtt(lambda: proto.callRemote(Echo, data=data), params))
             if "large" in tests:
-                n, size = params["large_count"], params["large_size"]
-                run = await sink.run(n, params["large_warmup"], start("large", n, size))
-                result.update(one_way_figures("large", run, size))
+                result.update(await sink.test(params, "large", start))
             result["strays"] = sink.strays
             proto.transport.loseConnection()
         finally:
