@@ -61,6 +61,15 @@ def test_split_records_returns_whole_records_and_names_the_problem() -> None:
     assert frames == [b"", b"ab"] and problem == "a bad record (length 9, limit 8, 13 left)"
 
 
+def test_split_records_of_one_record() -> None:
+    one = b"D" + (9).to_bytes(4, "big") + b"c" * 9
+    assert split_records(one, 1, 9) == ([b"c" * 9], "")
+    assert split_records(b"D" + bytes(4), 1, 9) == ([b""], "")
+    assert split_records(one, 1, 8) == ([], "a bad record (length 9, limit 8, 13 left)")
+    assert split_records(one[:-1], 1, 9) == ([], "a bad record (length 9, limit 9, 12 left)")
+    assert split_records(one + b"x", 1, 9)[0] == [b"c" * 9]  # then a truncated record
+
+
 def test_frames_of_one_turn_travel_in_one_message_and_big_batches_are_split() -> None:
     link = ListLink()
     for frame in (b"a", b"bb", b""):

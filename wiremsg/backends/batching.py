@@ -51,9 +51,12 @@ def split_records(data: bytes, start: int, limit: int) -> tuple[list[bytes], str
     :returns: ``(frames, problem)``: the whole, valid records before anything wrong, and ``""``
         or what is wrong with the rest (a length over ``limit``, or a truncated record).
     """
+    end = len(data)
+    if end - start >= 4 and _U32_FROM(data, start)[0] == end - start - 4 <= limit:
+        return [data[start + 4 :]], ""  # one record: a request's or a reply's usual message
     frames: list[bytes] = []
     append = frames.append
-    pos, end = start, len(data)
+    pos = start
     while pos < end:
         stop = pos + 4
         (size,) = _U32_FROM(data, pos) if stop <= end else (-1,)
@@ -232,9 +235,6 @@ class BatchLink(BaseLink):
         if kind == _D:
             if self._closing:
                 return  # the closer stops receiving
-            if len(data) >= 5 and _U32_FROM(data, 1)[0] == len(data) - 5 <= self.max_frame:
-                self._deliver_all([data[5:]])  # one record: the usual message of a round trip
-                return
             frames, bad = split_records(data, 1, self.max_frame)
             self._deliver_all(frames)  # what came before a bad record is good
             if bad and not (self._closing or self._released):
