@@ -55,16 +55,7 @@ class _Receiver:
         """Feed each frame to the current driver's session and act on what it produced at
         once, as for single frames; drain waiters and the timer are seen to once per batch
         (and per driver: a resume mid-batch hands the link, and the rest, to another one)."""
-        if len(frames) == 1:  # the usual batch of a request or a reply
-            driver = self.driver
-            if driver is not None and driver._receiver is self:
-                try:
-                    driver.session.frame_received(frames[0])
-                    driver._pump()
-                finally:
-                    driver.flush()
-            return
-        driver = None
+        driver: SessionDriver | None = None
         try:
             for frame in frames:
                 current = self.driver
