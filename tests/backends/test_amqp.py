@@ -23,7 +23,7 @@ from tests.clockwork import result
 from tests.procs import Cluster, py
 from wiremsg.address import parse_address
 from wiremsg.backends._amqp import BATCH_BYTES, AMQPBackend, AMQPLink, AMQPListener
-from wiremsg.backends._amqp._broker import open_connection, parse_options
+from wiremsg.backends._amqp._broker import ACK_DELAY, open_connection, parse_options
 from wiremsg.backends._amqp._ends import MasterEnd
 from wiremsg.backends.base import Link
 from wiremsg.errors import AddressError, ConnectFailed
@@ -283,6 +283,29 @@ async def test_two_listeners_on_one_prefix_share_the_workers(
         len(first.accepted),
         len(second.accepted),
     )
+
+
+@async_test
+async def test_hellos_acknowledged_while_link_messages_wait_for_theirs(
+    harness: LinkHarness, amqp_prefix: str
+) -> None:
+    """A master acknowledges hellos at once and its links' messages in bulk a little later;
+    the two consumers must not share a channel, where an acknowledgement with ``multiple``
+    would take the other's deliveries along (and the broker then closes the channel over the
+    second acknowledgement of a tag)."""
+    address = broker_url(amqp_prefix)
+    server = await harness.listen(address)
+    first = await harness.pair(server)
+    for n in range(3):
+        harness.send(first.client, b"before %d" % n)  # unacked on the master for ACK_DELAY
+        await harness.connect(address)  # a hello, acknowledged at once
+    assert await first.server_rx.wait_frames(3) == [b"before %d" % n for n in range(3)]
+    await deferLater(harness.reactor, 3 * ACK_DELAY, lambda: None)  # the bulk acks went
+    harness.send(first.client, b"after")
+    harness.send(first.server, b"back")
+    assert (await first.server_rx.wait_frames(4))[-1] == b"after"
+    assert await first.client_rx.wait_frames(1) == [b"back"]
+    assert not first.server_rx.closes and not first.client_rx.closes
 
 
 # -- hostile input ---------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ Topology (all names start with the prefix ``P``)::
     P.masters          queue, durable, not exclusive, not auto-delete; bound with key "masters".
                        First contact: every master of P consumes it (competing consumers, so
                        the broker spreads workers over masters; a master takes HELLO_PREFETCH
-                       hellos at a time). Durable and never auto-deleted because it belongs to
+                       hellos at a time, on a channel of its own, since acknowledgements are
+                       per channel and hellos are acknowledged at once, a link's messages in
+                       bulk). Durable and never auto-deleted because it belongs to
                        the fleet, not to one master: it outlives any master's restart and a
                        broker restart. Hellos carry a TTL (the connect timeout), so none waits
                        there longer than its worker would.

@@ -174,6 +174,10 @@ class MasterEnd(_End):
         self.listening = True
         self.reconnects = 0
         self._hello_tag: str | None = None
+        # Hellos are consumed on a channel of their own: acknowledgements are per channel, and
+        # the hellos' prompt ones (``multiple``) would otherwise take along the own queue's
+        # deliveries, whose bulk acknowledgement the broker would then refuse (406).
+        self._hello_channel: BrokerChannel | None = None
         self._attempt = 0
         self._retry_call: Any = None
         self._opening: Deferred[BrokerConnection] | None = None
@@ -197,11 +201,12 @@ class MasterEnd(_End):
             self.conn, self.channel = conn, channel  # deliveries may come once it consumes
             await self._consume_own(channel, "master")
             if self.listening:
-                self._hello_tag = await channel.consume(
+                self._hello_channel = hello_channel = await conn.channel()
+                self._hello_tag = await hello_channel.consume(
                     hellos, HELLO_PREFETCH, self._on_hello, self._consumer_ended, prompt_acks=True
                 )
         except Exception as exc:
-            self.conn = self.channel = None
+            self.conn = self.channel = self._hello_channel = None
             await conn.close()
             why = exc.args[0] if isinstance(exc, ConnectFailed) else _reason(exc)
             raise ConnectFailed(f"broker {self.opts.broker}: {why}") from None
@@ -274,7 +279,7 @@ class MasterEnd(_End):
     # -- losing and regaining the broker -------------------------------------------------------
 
     def _lost(self, why: str) -> None:
-        self.conn = self.channel = None
+        self.conn = self.channel = self._hello_channel = None
         self._hello_tag = None
         for link in list(self.links.values()):
             link._lost(f"lost the broker connection: {why}")
@@ -323,8 +328,8 @@ class MasterEnd(_End):
             self._retry_call = None
             if self._opening is not None:
                 self._opening.cancel()
-            tag, channel = self._hello_tag, self.channel
-            self._hello_tag = None
+            tag, channel = self._hello_tag, self._hello_channel
+            self._hello_tag = self._hello_channel = None
             if tag is not None and channel is not None and channel.closed is None:
                 try:
                     await channel.cancel(tag)
